@@ -1,0 +1,54 @@
+"""illada: Hub-native masked diffusion language models (iLLaDA, LLaDA) for transformers.
+
+Importing the package registers the model types `illada` and `llada` with transformers' Auto classes, so
+`AutoModel.from_pretrained(folder)` loads either official layout without remote code, and marks the classes
+for `auto_map` so every `save_pretrained` / `push_to_hub` writes a folder that loads with
+`trust_remote_code=True` where the package is not installed.
+
+The modules imported here are the flat files that ship with a checkpoint; library-only parts (CLI, training,
+conversion, evaluation) are separate modules that no Hub file imports.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+from .configuration_illada import IlladaConfig, LladaConfig
+from .generation_illada import DenoisingStep, IlladaGenerationConfig, IlladaGenerationMixin, IlladaGenerationOutput
+from .modeling_illada import (
+    IlladaForMaskedDiffusion,
+    IlladaMaskedDiffusionOutput,
+    IlladaModel,
+    IlladaPreTrainedModel,
+    LladaForMaskedDiffusion,
+)
+from .presets import list_presets, load_preset
+
+__version__ = "0.1.0"
+
+
+def _register():
+    for config_class, model_class in ((IlladaConfig, IlladaForMaskedDiffusion), (LladaConfig, LladaForMaskedDiffusion)):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, model_class, exist_ok=True)
+        AutoModelForMaskedLM.register(config_class, model_class, exist_ok=True)
+        # Saving then copies the flat code files; IlladaPreTrainedModel.save_pretrained completes auto_map.
+        config_class.register_for_auto_class("AutoConfig")
+        model_class.register_for_auto_class("AutoModel")
+
+
+_register()
+
+__all__ = [
+    "IlladaConfig",
+    "LladaConfig",
+    "IlladaPreTrainedModel",
+    "IlladaModel",
+    "IlladaForMaskedDiffusion",
+    "LladaForMaskedDiffusion",
+    "IlladaMaskedDiffusionOutput",
+    "IlladaGenerationConfig",
+    "IlladaGenerationMixin",
+    "IlladaGenerationOutput",
+    "DenoisingStep",
+    "list_presets",
+    "load_preset",
+]

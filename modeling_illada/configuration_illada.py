@@ -1,0 +1,231 @@
+"""Configuration of iLLaDA / LLaDA masked diffusion language models.
+
+`IlladaConfig` is a Llama-style architecture description (transformers' standard field names) plus
+`mask_token_id`, the id of the token the diffusion process writes over the canvas. It differs from
+`LlamaConfig` in three ways:
+
+* there is no causal flag: these models are bidirectional by construction;
+* it reads both official checkpoint configs as published: iLLaDA's `config.json` (HF names, no
+  `mask_token_id`, mask id 5) and LLaDA's OLMo-style `config.json` (`d_model`, `n_layers`, ...);
+* decoding knobs never live here: they belong to `IlladaGenerationConfig`.
+
+`LladaConfig` is the same class under `model_type = "llada"`, so that LLaDA-8B / LLaDA-1.5 folders load
+through the Auto classes and are saved back under their own model type and key layout.
+"""
+
+from transformers import PreTrainedConfig
+
+
+# OLMo-style names used by LLaDA's `config.json` -> our field names.
+LLADA_RENAMES = {
+    "d_model": "hidden_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "mlp_hidden_size": "intermediate_size",
+    "max_sequence_length": "max_position_embeddings",
+    "weight_tying": "tie_word_embeddings",
+}
+
+# LLaDA settings our implementation reproduces only at these values; anything else is refused by name.
+LLADA_REQUIRED = {
+    "block_type": ("llama",),
+    "layer_norm_type": ("rms",),
+    "activation_type": ("silu", "swiglu"),
+    "alibi": (False,),
+    "rope": (True,),
+    "attention_layer_norm": (False,),
+    "input_emb_norm": (False,),
+    "scale_logits": (False,),
+    "clip_qkv": (None,),
+    "layer_norm_with_affine": (True,),
+    "bias_for_layer_norm": (False, None),
+}
+
+# LLaDA keys that describe training, initialisation or kernels and do not change the forward pass.
+LLADA_IGNORED = (
+    "mlp_ratio", "multi_query_attention", "alibi_bias_max", "include_qkv_bias",
+    "attention_dropout", "residual_dropout", "embedding_dropout", "flash_attention", "block_group_size",
+    "init_fn", "init_std", "init_device", "init_cutoff_factor", "precision", "attention_layer_norm_with_affine",
+    "embedding_size", "include_bias", "n_kv_heads", "activation_type", "block_type", "layer_norm_type",
+    "alibi", "rope", "attention_layer_norm", "input_emb_norm", "scale_logits", "clip_qkv",
+    "layer_norm_with_affine", "bias_for_layer_norm", "use_cache",
+)
+
+
+def _translate_llada_kwargs(kwargs: dict) -> dict:
+    """Map LLaDA's OLMo-style config keys onto `IlladaConfig` fields (in place) and refuse what we cannot run."""
+    if "num_experts" in kwargs or "moe_intermediate_size" in kwargs:
+        raise ValueError(
+            "This config describes a mixture-of-experts model (LLaDA-MoE uses model_type 'llada' too); "
+            "illada implements the dense LLaDA/iLLaDA architecture only."
+        )
+    for key, allowed in LLADA_REQUIRED.items():
+        if key in kwargs and kwargs[key] not in allowed:
+            raise ValueError(f"LLaDA config field `{key}`={kwargs[key]!r} is not supported; allowed: {allowed}.")
+    for old, new in LLADA_RENAMES.items():
+        if old in kwargs:
+            value = kwargs.pop(old)
+            if new not in kwargs:
+                kwargs[new] = value
+    if "n_kv_heads" in kwargs or "multi_query_attention" in kwargs:
+        if kwargs.get("multi_query_attention"):
+            kwargs.setdefault("num_key_value_heads", 1)
+        elif kwargs.get("n_kv_heads") is not None:
+            kwargs.setdefault("num_key_value_heads", kwargs["n_kv_heads"])
+    if "embedding_size" in kwargs and kwargs["embedding_size"] is not None:
+        # The embedding matrix has `embedding_size` rows (vocab padded to a multiple of 128): that is the
+        # number of logits the checkpoint produces.
+        kwargs["vocab_size"] = max(kwargs.get("vocab_size") or 0, kwargs["embedding_size"])
+    if "include_bias" in kwargs:
+        kwargs.setdefault("attention_bias", bool(kwargs["include_bias"] or kwargs.get("include_qkv_bias")))
+        kwargs.setdefault("mlp_bias", bool(kwargs["include_bias"]))
+    if kwargs.get("intermediate_size") is None and "mlp_ratio" in kwargs and "hidden_size" in kwargs:
+        kwargs["intermediate_size"] = kwargs["mlp_ratio"] * kwargs["hidden_size"]
+    for key in LLADA_IGNORED:
+        kwargs.pop(key, None)
+    return kwargs
+
+
+class IlladaConfig(PreTrainedConfig):
+    r"""
+    Architecture of a bidirectional Llama-style masked diffusion LM (iLLaDA-8B by default).
+
+    Args:
+        vocab_size (`int`, defaults to 155136): rows of the embedding matrix and number of logits.
+        hidden_size (`int`, defaults to 4096): width of the residual stream.
+        intermediate_size (`int`, defaults to 14336): width of the SwiGLU MLP.
+        num_hidden_layers (`int`, defaults to 32): number of transformer layers.
+        num_attention_heads (`int`, defaults to 32): query heads.
+        num_key_value_heads (`int`, *optional*): key/value heads (grouped-query attention); defaults to
+            `num_attention_heads`.
+        head_dim (`int`, *optional*): defaults to `hidden_size // num_attention_heads`.
+        hidden_act (`str`, defaults to `"silu"`): MLP activation.
+        max_position_embeddings (`int`, defaults to 8192): longest sequence the model accepts.
+        rope_theta (`float`, defaults to 500000.0): RoPE base.
+        rms_norm_eps (`float`, defaults to 1e-6): RMSNorm epsilon.
+        attention_bias / mlp_bias (`bool`, defaults to `False`): biases in projections.
+        attention_dropout (`float`, defaults to 0.0).
+        initializer_range (`float`, defaults to 0.02): std of the normal init.
+        tie_word_embeddings (`bool`, defaults to `True`): share the embedding with the LM head.
+        rope_full_precision (`bool`, defaults to `False`): rotate q/k in float32 (LLaDA) rather than in the
+            activations' dtype (Llama, iLLaDA). Identical in float32; differs in the last bits in bfloat16.
+        mask_token_id (`int`, defaults to 5): the diffusion mask token (iLLaDA: 5, LLaDA: 126336).
+        bos_token_id / eos_token_id / pad_token_id: special ids (iLLaDA: 0 / 2 / 1).
+
+    Example:
+
+    ```python
+    >>> from modeling_illada import IlladaConfig, IlladaForMaskedDiffusion
+    >>> config = IlladaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    ...                       num_attention_heads=4, num_key_value_heads=2, mask_token_id=3)
+    >>> model = IlladaForMaskedDiffusion(config)
+    ```
+    """
+
+    model_type = "illada"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size: int = 155136,
+        hidden_size: int = 4096,
+        intermediate_size: int = 14336,
+        num_hidden_layers: int = 32,
+        num_attention_heads: int = 32,
+        num_key_value_heads: int | None = 8,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 8192,
+        rope_theta: float = 500000.0,
+        rms_norm_eps: float = 1e-6,
+        attention_bias: bool = False,
+        mlp_bias: bool = False,
+        attention_dropout: float = 0.0,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        rope_full_precision: bool = False,
+        mask_token_id: int | None = 5,
+        bos_token_id: int | None = 0,
+        eos_token_id: int | list[int] | None = 2,
+        pad_token_id: int | None = 1,
+        **kwargs,
+    ):
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        rope_parameters = kwargs.pop("rope_parameters", None)
+        for name, value in (("rope_scaling", rope_scaling), ("rope_parameters", rope_parameters)):
+            if value is not None and value.get("rope_type", value.get("type", "default")) != "default":
+                raise ValueError(f"`{name}`={value!r} is not supported: iLLaDA and LLaDA use plain RoPE (rope_type 'default').")
+            if value is not None and "rope_theta" in value:
+                rope_theta = value["rope_theta"]
+        if kwargs.pop("layer_norm_eps", None) is not None:
+            raise ValueError("`layer_norm_eps` is set: LayerNorm variants are not supported, only RMSNorm (`rms_norm_eps`).")
+
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = float(rope_theta)
+        self.rms_norm_eps = float(rms_norm_eps)
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        self.tie_word_embeddings = tie_word_embeddings
+        self.rope_full_precision = rope_full_precision
+        self.mask_token_id = mask_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id
+        self._validate_architecture()
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        super().__init__(**kwargs)
+
+    def _validate_architecture(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads}), or set `head_dim` explicitly."
+            )
+        if self.num_attention_heads % self.num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
+                f"({self.num_key_value_heads}) for grouped-query attention."
+            )
+        if self.head_dim is not None and self.head_dim % 2 != 0:
+            raise ValueError(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
+        if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must lie in [0, vocab_size={self.vocab_size}).")
+
+
+class LladaConfig(IlladaConfig):
+    """`IlladaConfig` under LLaDA's model type: reads LLaDA-8B / LLaDA-1.5 `config.json` (OLMo-style names).
+
+    The LLaDA checkpoints are multi-head (32 KV heads), untied and use mask id 126336; those values come from
+    the checkpoint's own config, never from code.
+    """
+
+    model_type = "llada"
+
+    def __init__(self, **kwargs):
+        kwargs = _translate_llada_kwargs(kwargs)
+        kwargs.setdefault("num_key_value_heads", kwargs.get("num_attention_heads", 32))
+        kwargs.setdefault("tie_word_embeddings", False)
+        kwargs.setdefault("rms_norm_eps", 1e-5)
+        kwargs.setdefault("rope_full_precision", True)
+        for name in ("mask_token_id", "bos_token_id", "pad_token_id", "eos_token_id"):
+            kwargs.setdefault(name, None)
+        super().__init__(**kwargs)
+
+
+__all__ = ["IlladaConfig", "LladaConfig"]

@@ -1,0 +1,586 @@
+"""Diffusion generation for iLLaDA / LLaDA: the replacement for transformers' `GenerationMixin`.
+
+`IlladaGenerationConfig` owns every decoding knob and validates it; `IlladaGenerationMixin.generate()` runs the
+published LLaDA sampler (block-wise low-confidence remasking, float64 Gumbel-max sampling, unsupervised CFG) with
+batching, variable length, infilling, streamers and a per-step callback. The policies it composes live in their
+own files and are looked up by name: `schedules.SCHEDULES`, `remasking.REMASKING`, `guidance.GUIDANCE`,
+`caching.CACHES`.
+
+Notation (code -> LLaDA paper): canvas `x` -> x_t, the partially masked sequence; `x0` -> a sample of
+p_theta(x_0 | x_t); `confidence` -> the score remasking ranks; `counts` -> tokens revealed per step.
+"""
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from transformers import GenerationConfig
+from transformers.utils import ModelOutput
+
+from .caching import CACHES
+from .guidance import guidance_for
+from .remasking import REMASKING, choose_reveals
+from .schedules import SCHEDULES
+
+
+# Names users already know from the reference code and Dream -> ours.
+ALIASES = {"gen_length": "max_new_tokens", "mask_id": "mask_token_id", "var": "variable_length"}
+
+_METADATA = ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash")
+
+
+def _defaults() -> dict:
+    """Every knob with its default; `None` for steps/block_length means "one block, one token per step"."""
+    return {
+        # length
+        "max_new_tokens": 128,
+        "max_length": None,
+        "variable_length": False,
+        # diffusion
+        "steps": None,
+        "block_length": None,
+        "schedule": "linear",
+        "remasking": "low_confidence",
+        "threshold": None,
+        "cfg_scale": 0.0,
+        "cache": "none",
+        # sampling of candidates
+        "temperature": 0.0,
+        "top_k": None,
+        "top_p": None,
+        # special tokens
+        "mask_token_id": None,
+        "eos_token_id": None,
+        "eot_token_id": None,
+        "pad_token_id": None,
+        "bos_token_id": None,
+        # stopping and EOS handling
+        "eos_early_stop": True,
+        "stop_strings": None,
+        "logits_eos_inf": False,
+        "confidence_eos_eot_inf": False,
+        # outputs
+        "return_dict_in_generate": False,
+        "output_history": False,
+    }
+
+
+def _as_id_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+class IlladaGenerationConfig(GenerationConfig):
+    r"""
+    Every decoding knob of `IlladaGenerationMixin.generate`, validated at construction. LLaDA's names
+    (`gen_length`, `mask_id`) and iLLaDA's `var` are accepted as aliases. Knobs of autoregressive decoding
+    (`num_beams`, `do_sample`, `repetition_penalty`, ...) are refused rather than silently ignored.
+
+    Args:
+        max_new_tokens (`int`, defaults to 128): tokens to generate (`gen_length`). `0` fills only the mask
+            tokens already in the input (infilling).
+        max_length (`int`, *optional*): prompt plus new tokens; used only when `max_new_tokens` is not given.
+        variable_length (`bool`, defaults to `False`): iLLaDA's variable-length generation (`var`): append one
+            block of masks at a time, stop after a block that produced EOS or a stop string.
+        steps (`int`, *optional*): total denoising steps, split evenly over the blocks; defaults to
+            `max_new_tokens` (one token per step).
+        block_length (`int`, *optional*): semi-autoregressive block size; defaults to `max_new_tokens` (a single
+            block). Must divide `max_new_tokens`.
+        schedule (`str`, defaults to `"linear"`): reveal counts per step, one of `schedules.SCHEDULES`.
+        remasking (`str`, defaults to `"low_confidence"`): reveal order, one of `low_confidence`, `random`,
+            `margin`, `entropy`.
+        threshold (`float`, *optional*): reveal every masked token of the block whose confidence exceeds it (at
+            least one per step) instead of following the schedule; a block then takes as many steps as it needs.
+        cfg_scale (`float`, defaults to 0.0): classifier-free guidance scale `s`: `u + (s + 1)(c - u)`.
+        cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`.
+        temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
+        top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
+        mask_token_id (`int`): the mask token; taken from the model config when unset.
+        eos_token_id (`int` or `list[int]`), eot_token_id (`int`, *optional*), pad_token_id, bos_token_id.
+        eos_early_stop (`bool`, defaults to `True`): once a row has committed an end token (EOS/EOT), its
+            remaining masks are filled with EOS after the current block, and generation stops when every row
+            has. Tokens up to each row's first end token are exactly those of a full run.
+        stop_strings (`str` or `list[str]`, *optional*): stop after a block whose text contains one (needs
+            `tokenizer=` in `generate`).
+        logits_eos_inf (`bool`): forbid EOS as a candidate (LLaDA's option).
+        confidence_eos_eot_inf (`bool`): rank EOS/EOT candidates last, so they are committed only when nothing
+            else is left in the block (LLaDA's option, as intended upstream).
+        return_dict_in_generate (`bool`): return an `IlladaGenerationOutput` instead of the sequences.
+        output_history (`bool`): keep the canvas after every step in the output.
+    """
+
+    def __init__(self, **kwargs):
+        # We intentionally do not call GenerationConfig.__init__: most autoregressive knobs mean nothing here.
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                value = kwargs.pop(alias)
+                if kwargs.get(name) not in (None, value):
+                    raise ValueError(f"`{alias}` and `{name}` are the same knob; got two different values.")
+                kwargs[name] = value
+        for key, default in _defaults().items():
+            setattr(self, key, kwargs.pop(key, default))
+        self.transformers_version = kwargs.pop("transformers_version", None)
+        self._from_model_config = kwargs.pop("_from_model_config", None)
+        self._commit_hash = kwargs.pop("_commit_hash", None)
+        if kwargs:
+            raise ValueError(
+                f"Unknown generation parameters {sorted(kwargs)}. IlladaGenerationConfig accepts "
+                f"{sorted(_defaults())} (and the aliases {sorted(ALIASES)})."
+            )
+        self.validate()
+
+    def knobs(self) -> dict:
+        return {key: getattr(self, key) for key in _defaults()}
+
+    def validate(self, strict: bool = False, **kwargs):
+        """Raise a ValueError naming the parameter and its allowed values for any inconsistent knob."""
+
+        def positive_int(name, value, allow_zero=False):
+            if value is None:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
+                raise ValueError(f"`{name}` must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}.")
+
+        positive_int("max_new_tokens", self.max_new_tokens, allow_zero=True)
+        positive_int("max_length", self.max_length)
+        positive_int("steps", self.steps)
+        positive_int("block_length", self.block_length)
+        positive_int("top_k", self.top_k)
+        if self.remasking not in REMASKING:
+            raise ValueError(f"Unknown `remasking` {self.remasking!r}; allowed: {sorted(REMASKING)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown `schedule` {self.schedule!r}; allowed: {sorted(SCHEDULES)}.")
+        if self.cache not in CACHES:
+            raise ValueError(f"Unknown `cache` {self.cache!r}; allowed: {sorted(CACHES)}.")
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature!r}.")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must lie in (0, 1], got {self.top_p!r}.")
+        if not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
+            raise ValueError(f"`cfg_scale` must be >= 0, got {self.cfg_scale!r}.")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError(f"`threshold` must lie in (0, 1] (a probability), got {self.threshold!r}.")
+        if self.mask_token_id is not None and (not isinstance(self.mask_token_id, int) or self.mask_token_id < 0):
+            raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = [self.stop_strings]
+        if self.max_new_tokens and self.block_length and self.max_new_tokens % self.block_length:
+            raise ValueError(
+                f"`block_length` ({self.block_length}) must divide `max_new_tokens` ({self.max_new_tokens}): "
+                f"use a multiple of {self.block_length}, or a block length among the divisors of {self.max_new_tokens}."
+            )
+        if self.max_new_tokens and self.steps and self.threshold is None:
+            num_blocks = self.max_new_tokens // (self.block_length or self.max_new_tokens)
+            if self.steps % num_blocks:
+                raise ValueError(
+                    f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks} = "
+                    f"max_new_tokens {self.max_new_tokens} / block_length {self.block_length}), so that every "
+                    "block gets the same number of steps."
+                )
+
+    def update(self, **kwargs):
+        """Set known knobs (aliases accepted), re-validate, and return the unused kwargs (transformers' contract)."""
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                kwargs[name] = kwargs.pop(alias)
+        unused = {}
+        for key, value in kwargs.items():
+            if key in _defaults():
+                setattr(self, key, value)
+            else:
+                unused[key] = value
+        self.validate()
+        return unused
+
+    def merged(self, **overrides) -> "IlladaGenerationConfig":
+        """A validated copy with `overrides` applied; unknown names raise."""
+        knobs = self.knobs()
+        for alias, name in ALIASES.items():
+            if alias in overrides:
+                overrides[name] = overrides.pop(alias)
+        knobs.update(overrides)
+        return type(self)(**knobs)
+
+    @staticmethod
+    def _get_default_generation_params() -> dict:
+        return _defaults()
+
+    @classmethod
+    def from_model_config(cls, model_config) -> "IlladaGenerationConfig":
+        """Special token ids from the model config; every other knob at its default."""
+        get = model_config.get if isinstance(model_config, dict) else lambda k, d=None: getattr(model_config, k, d)
+        config = cls(
+            mask_token_id=get("mask_token_id"),
+            eos_token_id=get("eos_token_id"),
+            pad_token_id=get("pad_token_id"),
+            bos_token_id=get("bos_token_id"),
+        )
+        config._from_model_config = True
+        return config
+
+    def get_generation_mode(self, *args, **kwargs):
+        raise NotImplementedError("IlladaGenerationConfig describes diffusion decoding; it has no autoregressive mode.")
+
+
+@dataclass
+class IlladaGenerationOutput(ModelOutput):
+    """
+    Args:
+        sequences (`torch.LongTensor` of shape `(batch, prompt + generated)`): prompts followed by the generation.
+        num_forward_passes (`int`): model calls made (a CFG step counts one call on a doubled batch).
+        tokens_per_forward (`float`): generated tokens per model call.
+        history (`tuple(torch.LongTensor)`, *optional*): the canvas after every step (`output_history=True`).
+    """
+
+    sequences: torch.LongTensor | None = None
+    num_forward_passes: int | None = None
+    tokens_per_forward: float | None = None
+    history: tuple[torch.LongTensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DenoisingStep:
+    """What `on_step` receives after every denoising step (tensors are copies; the dataclass is frozen).
+
+    Args:
+        step: 0-based step index over the whole run.
+        block: 0-based index of the block being denoised.
+        block_start, block_end: its columns in `tokens`.
+        prompt_length: columns before the generated region.
+        tokens: `(B, L)` the canvas after this step (mask tokens where still masked).
+        revealed: `(B, L)` bool, positions revealed at this step.
+        confidence: `(B, L)` float, the remasking score of revealed positions (NaN elsewhere).
+        mask_token_id: the mask token.
+    """
+
+    step: int
+    block: int
+    block_start: int
+    block_end: int
+    prompt_length: int
+    tokens: torch.Tensor
+    revealed: torch.Tensor
+    confidence: torch.Tensor
+    mask_token_id: int
+
+
+def sample_candidates(
+    logits: torch.Tensor, temperature: float, top_k=None, top_p=None, generator=None, banned: int | None = None
+) -> torch.Tensor:
+    """x0 = argmax(logits + temperature * Gumbel noise) in float64 (LLaDA's `add_gumbel_noise`, in log space).
+
+    With temperature 0 it is the argmax of the raw logits. `top_k` / `top_p` restrict the candidates first.
+    `banned` (the mask token) is never a candidate: committing it would leave the position masked.
+    """
+    if banned is not None:
+        logits = logits.clone()
+        logits[..., banned] = -torch.inf
+    if top_k is not None or top_p is not None:
+        logits = logits.clone()
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, L, 1)
+            logits = logits.masked_fill(logits < kth, -torch.inf)
+        if top_p is not None and top_p < 1:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.float().softmax(-1).cumsum(-1)
+            drop = cumulative - sorted_logits.float().softmax(-1) >= top_p  # keep the smallest set reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), -torch.inf)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.to(torch.float64)
+    noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    # exp(l) / (-log u)^T has the argmax of l - T * log(-log u): sampling from softmax(l / T)
+    return (logits - temperature * torch.log(-torch.log(noise))).argmax(dim=-1)
+
+
+class IlladaGenerationMixin:
+    """Diffusion `generate()` for masked diffusion LMs. The class name contains "GenerationMixin" on purpose:
+    transformers' `can_generate()` looks for it, which makes `generation_config.json` load into
+    `IlladaGenerationConfig`."""
+
+    generation_config_class = IlladaGenerationConfig
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.LongTensor | None = None,
+        generation_config: IlladaGenerationConfig | None = None,
+        attention_mask: torch.Tensor | None = None,
+        streamer=None,
+        on_step=None,
+        tokenizer=None,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> torch.LongTensor | IlladaGenerationOutput:
+        """
+        Generate by iterative unmasking. The algorithm (numbers reappear as comments in the body):
+
+        ```
+        1. Resolve the generation config (model defaults < `generation_config` < kwargs) and validate it.
+        2. Lay out the canvas: prompt, then `max_new_tokens` mask tokens (one block at a time with
+           `variable_length`); mask tokens already in the prompt are filled in place.
+        3. For each block, left to right:
+            a. Spread the block's masks over its steps with the schedule.
+            b. For each step:
+                i.   Forward the canvas (conditional and, with CFG, unconditional) for the block's logits.
+                ii.  Shape logits (EOS ban), sample candidates x0 (Gumbel-max in float64).
+                iii. Score candidates with the remasking strategy; rank EOS/EOT last if asked.
+                iv.  Reveal the best `counts[step]` masked positions of the block (or all above `threshold`).
+                v.   Report: history, streamer draft, `on_step(DenoisingStep)`.
+            c. Commit: stream the block; rows that produced an end token or stop string are finished.
+            d. Stop when every row is finished.
+        4. Return the sequences, or an `IlladaGenerationOutput` with forward counts and history.
+        ```
+
+        Args:
+            inputs (`torch.LongTensor` of shape `(batch, prompt length)`): prompt ids, left-padded for batches.
+            generation_config (`IlladaGenerationConfig`, *optional*): overrides the model's defaults.
+            attention_mask (`torch.Tensor` of shape `(batch, prompt length)`, *optional*): 1 for tokens, 0 for
+                padding. Each row then generates what it would generate alone.
+            streamer (*optional*): gets `put(prompt)`, `put_draft(value=canvas)` after every step (when it has
+                `put_draft`), `put(block)` for committed tokens and `end()`; `TextDiffusionStreamer` works.
+            on_step (`Callable[[DenoisingStep], None]`, *optional*): called after every step.
+            tokenizer (*optional*): needed for `stop_strings`.
+            generator (`torch.Generator`, *optional*): source of randomness (temperature > 0, `random` remasking).
+            kwargs: any `IlladaGenerationConfig` knob, e.g. `max_new_tokens=64, steps=64, block_length=32`.
+        """
+        # 1. Resolve the generation config
+        if inputs is None:
+            inputs = kwargs.pop("input_ids", None)
+        if inputs is None:
+            raise ValueError("`generate` needs `inputs` (the prompt ids, shape (batch, length)).")
+        base = generation_config if generation_config is not None else self.generation_config
+        if not isinstance(base, IlladaGenerationConfig):
+            base = IlladaGenerationConfig(**{k: v for k, v in base.to_dict().items() if k in _defaults()})
+        config = base.merged(**kwargs)
+        mask_id = config.mask_token_id if config.mask_token_id is not None else self.config.mask_token_id
+        if mask_id is None:
+            raise ValueError(
+                "No mask token id: set `mask_token_id` in the generation config, the model config, or pass "
+                "`mask_token_id=` (iLLaDA uses 5, LLaDA 126336)."
+            )
+        eos_ids = _as_id_list(config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id)
+        end_ids = eos_ids + _as_id_list(config.eot_token_id)
+        if config.stop_strings and tokenizer is None:
+            raise ValueError("`stop_strings` needs the tokenizer: pass `tokenizer=` to `generate`.")
+
+        # 2. Lay out the canvas
+        if inputs.dim() == 1:
+            inputs = inputs[None]
+        if inputs.dim() != 2:
+            raise ValueError(f"`inputs` must have shape (batch, length), got {tuple(inputs.shape)}.")
+        device = self.device if hasattr(self, "device") else inputs.device
+        prompt = inputs.to(device)
+        batch, prompt_len = prompt.shape  # (B, P)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(prompt)
+        elif tuple(attention_mask.shape) != (batch, prompt_len):
+            raise ValueError(f"`attention_mask` must have the prompt's shape {(batch, prompt_len)}, got {tuple(attention_mask.shape)}.")
+        attention_mask = attention_mask.to(device).long()
+        new_tokens = config.max_new_tokens
+        if kwargs.get("max_new_tokens") is None and "gen_length" not in kwargs and config.max_length is not None:
+            new_tokens = config.max_length - prompt_len
+            if new_tokens < 0:
+                raise ValueError(f"`max_length` ({config.max_length}) is shorter than the prompt ({prompt_len}).")
+        prompt_masks = (prompt == mask_id) & attention_mask.bool()  # infilling targets, (B, P)
+        infill = bool(prompt_masks.any())
+        if new_tokens == 0 and not infill:
+            raise ValueError("`max_new_tokens` is 0 and the input holds no mask token: there is nothing to generate.")
+        if config.variable_length and infill:
+            raise ValueError("`variable_length` generation appends blocks; it cannot be combined with infilling.")
+        total = prompt_len + new_tokens
+        if total > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Prompt ({prompt_len}) plus `max_new_tokens` ({new_tokens}) = {total} exceeds the context "
+                f"(`max_position_embeddings` = {self.config.max_position_embeddings})."
+            )
+        region_start = int(prompt_masks.any(0).nonzero()[0]) if infill else prompt_len
+        region = total - region_start
+        block_length = config.block_length or (new_tokens if new_tokens else region)
+        if infill and new_tokens == 0:
+            block_length = config.block_length or region
+        if region % block_length:
+            raise ValueError(
+                f"`block_length` ({block_length}) must divide the generated region ({region} tokens"
+                f"{' from the first mask in the prompt' if infill else ''})."
+            )
+        num_blocks = region // block_length
+        steps = config.steps or region
+        if config.threshold is None and steps % num_blocks:
+            raise ValueError(f"`steps` ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
+        steps_per_block = max(steps // num_blocks, 1)
+        early_stop = config.eos_early_stop and not infill and bool(end_ids)
+
+        prompt_index = torch.cat(  # conditioning positions, (B, L): what CFG hides
+            [~prompt_masks, torch.zeros(batch, new_tokens, dtype=torch.bool, device=device)], dim=1
+        )
+        guidance = guidance_for(config.cfg_scale, mask_id, prompt_index)
+        remasking = REMASKING[config.remasking]
+        schedule = SCHEDULES[config.schedule]
+        cache = CACHES[config.cache](self, config=config)
+        first_block_len = block_length if config.variable_length else new_tokens
+        x = torch.cat([prompt, prompt.new_full((batch, first_block_len), mask_id)], dim=1)  # (B, P + n)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        history = [] if config.output_history else None
+        step_index = 0
+        revealed_total = 0  # tokens committed by denoising (not EOS fill), summed over rows
+        if streamer is not None:
+            streamer.put(prompt.cpu())
+
+        # 3. Blocks, left to right
+        for block in range(num_blocks):
+            block_start = region_start + block * block_length
+            block_end = block_start + block_length
+            if x.shape[1] < block_end:  # variable length: append the next block of masks only now
+                fill = torch.where(finished, eos_ids[0] if eos_ids else mask_id, mask_id)[:, None]  # (B, 1)
+                x = torch.cat([x, fill.expand(batch, block_end - x.shape[1])], dim=1)
+            mask = torch.cat([attention_mask, attention_mask.new_ones(batch, x.shape[1] - prompt_len)], dim=1)  # (B, L)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): padded rows see their own positions
+            batch_x_mask = None if bool(mask.all()) else mask
+
+            # 3.a. the schedule of this block
+            block_masked = (x[:, block_start:block_end] == mask_id) & mask[:, block_start:block_end].bool()  # (B, Lb)
+            counts = schedule(block_masked.sum(-1), steps_per_block)  # (B, steps_per_block)
+            block_step = 0
+            while True:
+                eligible = (x[:, block_start:block_end] == mask_id) & mask[:, block_start:block_end].bool()  # (B, Lb)
+                if not eligible.any() or (config.threshold is None and block_step >= steps_per_block):
+                    break
+                # 3.b.i. forward (CFG doubles the batch)
+                guided_x, guided_mask = guidance.batch(x, batch_x_mask)
+                guided_positions = position_ids.repeat(guided_x.shape[0] // batch, 1)
+                logits = cache.logits(guided_x, guided_mask, guided_positions, block_start, block_end, block_step)
+                logits = guidance.combine(logits)  # (B, Lb, V)
+                # 3.b.ii. shape and sample
+                if config.logits_eos_inf and eos_ids:
+                    logits[..., eos_ids] = -torch.inf
+                x0 = sample_candidates(logits, config.temperature, config.top_k, config.top_p, generator, mask_id)  # (B, Lb)
+                # 3.b.iii. score
+                confidence = remasking(logits, x0, generator).float()  # (B, Lb)
+                if config.confidence_eos_eot_inf and end_ids:
+                    is_end = torch.isin(x0, torch.tensor(end_ids, device=device))
+                    confidence = confidence.masked_fill(is_end, torch.finfo(confidence.dtype).min)
+                # 3.b.iv. reveal
+                step_counts = counts[:, min(block_step, steps_per_block - 1)]  # (B,)
+                reveal = choose_reveals(confidence, eligible, step_counts, config.threshold)  # (B, Lb)
+                x[:, block_start:block_end] = torch.where(reveal, x0, x[:, block_start:block_end])
+                revealed_total += int(reveal.sum())
+                # 3.b.v. report
+                if history is not None:
+                    history.append(x.clone())
+                if streamer is not None and hasattr(streamer, "put_draft"):
+                    streamer.put_draft(value=x[:, prompt_len:].cpu())
+                if on_step is not None:
+                    revealed = torch.zeros_like(x, dtype=torch.bool)
+                    revealed[:, block_start:block_end] = reveal
+                    scores = torch.full(x.shape, float("nan"), device=device)
+                    scores[:, block_start:block_end] = confidence.masked_fill(~reveal, float("nan"))
+                    on_step(DenoisingStep(
+                        step=step_index, block=block, block_start=block_start, block_end=block_end,
+                        prompt_length=prompt_len, tokens=x.clone(), revealed=revealed, confidence=scores,
+                        mask_token_id=mask_id,
+                    ))
+                step_index += 1
+                block_step += 1
+
+            # 3.c. commit
+            if streamer is not None:
+                streamer.put(x[:, block_start:block_end].cpu())
+            newly_done = self._rows_finished(x[:, prompt_len:block_end], end_ids, config.stop_strings, tokenizer)
+            if early_stop or config.variable_length:
+                finished |= newly_done
+                if early_stop and bool(finished.any()):  # finished rows: the rest of the canvas is EOS
+                    tail = x[:, block_end:]
+                    x[:, block_end:] = torch.where(finished[:, None] & (tail == mask_id), eos_ids[0], tail)
+            # 3.d. stop
+            if (early_stop or config.variable_length) and bool(finished.all()):
+                break
+
+        if streamer is not None:
+            streamer.end()
+
+        # 4. Return
+        if not config.return_dict_in_generate:
+            return x
+        forwards = cache.forward_passes
+        return IlladaGenerationOutput(
+            sequences=x,
+            num_forward_passes=forwards,
+            tokens_per_forward=revealed_total / batch / max(forwards, 1),
+            history=tuple(history) if history is not None else None,
+        )
+
+    @staticmethod
+    def _rows_finished(generated: torch.Tensor, end_ids: list[int], stop_strings, tokenizer) -> torch.Tensor:
+        """(B,) bool: the row's generated tokens contain an end token, or (with a tokenizer) a stop string."""
+        done = torch.zeros(generated.shape[0], dtype=torch.bool, device=generated.device)
+        if end_ids:
+            done |= torch.isin(generated, torch.tensor(end_ids, device=generated.device)).any(-1)
+        if stop_strings:
+            for row, ids in enumerate(generated.tolist()):
+                text = tokenizer.decode(ids, skip_special_tokens=False)
+                done[row] |= any(s in text for s in stop_strings)
+        return done
+
+    def diffusion_generate(self, inputs=None, generation_config=None, **kwargs):
+        """Dream's method name and main parameters: `max_new_tokens`, `steps`, `temperature`, `top_p`, `top_k`,
+        `alg` (`origin` -> random order, `maskgit_plus` -> low_confidence, `topk_margin` -> margin, `entropy`),
+        `output_history`, `return_dict_in_generate`. Dream decodes one canvas, so blocks default to one."""
+        alg = kwargs.pop("alg", None)
+        if alg is not None:
+            dream = {"origin": "random", "maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
+            if alg not in dream:
+                raise ValueError(f"Unknown Dream `alg` {alg!r}; allowed: {sorted(dream)}.")
+            kwargs["remasking"] = dream[alg]
+        alg_temp = kwargs.pop("alg_temp", None)
+        if alg_temp:
+            raise ValueError("`alg_temp` > 0 (stochastic reveal order) is not supported; use `remasking='random'`.")
+        kwargs.pop("eps", None)  # Dream's schedule end point: the linear schedule here needs none
+        return self.generate(inputs, generation_config=generation_config, **kwargs)
+
+    def adjust_generation_fn(
+        self,
+        generation_config,
+        from_auto_class,
+        from_pipeline,
+        pretrained_model_name_or_path,
+        cache_dir,
+        force_download,
+        proxies,
+        local_files_only,
+        token,
+        revision,
+        subfolder,
+        trust_remote_code,
+        **kwargs,
+    ):
+        """Called by `from_pretrained`: load `generation_config.json` into `IlladaGenerationConfig`."""
+        if generation_config is not None:
+            knobs = {k: v for k, v in generation_config.to_dict().items() if k in _defaults() or k in ALIASES}
+            self.generation_config = self.generation_config_class(**knobs)
+            return
+        if pretrained_model_name_or_path is None:
+            return
+        try:
+            loaded = self.generation_config_class.from_pretrained(
+                pretrained_model_name_or_path,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                proxies=proxies,
+                local_files_only=local_files_only,
+                token=token,
+                revision=revision,
+                subfolder=subfolder,
+                _from_auto=from_auto_class,
+                _from_pipeline=from_pipeline,
+            )
+        except OSError:
+            return  # no generation_config.json: keep the defaults derived from the model config
+        if loaded.mask_token_id is None:
+            loaded.mask_token_id = self.config.mask_token_id
+        self.generation_config = loaded
+
+
+__all__ = ["IlladaGenerationConfig", "IlladaGenerationOutput", "IlladaGenerationMixin", "DenoisingStep"]

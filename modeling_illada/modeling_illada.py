@@ -1,0 +1,537 @@
+"""iLLaDA / LLaDA transformer: Llama blocks trained as a masked diffusion language model.
+
+Differs from transformers' `modeling_llama.py`:
+
+* attention is bidirectional: every attention module sets `is_causal = False` and no causal mask is ever built;
+  a 2-D padding mask only hides padded keys, a 4-D mask is used as given (block-causal, packed, ...);
+* the head predicts x_0 at every position (mask tokens included); there is no next-token shift, and
+  `labels` give the masked-diffusion loss (see `diffusion.py`), not an autoregressive one;
+* a key/value cache is optional and positional: callers pass `position_ids` for the rows they feed, so a
+  sampler can cache a prefix (or prefix and suffix) and recompute only the block it is denoising;
+* LLaDA-8B / LLaDA-1.5 checkpoints (OLMo-style keys under `model.transformer.*`) load into the same classes
+  through a registered key mapping; RoPE may run in float32 as LLaDA does (`rope_full_precision`).
+
+Read bottom-up: RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_illada import IlladaConfig, LladaConfig
+from .diffusion import masked_diffusion_loss
+from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
+
+
+class IlladaRMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back before the weight, as both LLaDA and Llama do."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def rope_inverse_frequencies(config: IlladaConfig) -> torch.Tensor:
+    """`1 / theta^(2i / head_dim)` for i in [0, head_dim / 2): plain (unscaled) RoPE."""
+    dim = config.head_dim
+    return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+class IlladaRotaryEmbedding(nn.Module):
+    """Returns (cos, sin) for the given positions, in float32; `apply_rotary_pos_emb` picks the working dtype."""
+
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: IlladaConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", rope_inverse_frequencies(config), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq[None, :, None].float().expand(position_ids.shape[0], -1, 1)  # (B, D/2, 1)
+        positions = position_ids[:, None, :].float()  # (B, 1, L)
+        with torch.autocast(device_type=position_ids.device.type, enabled=False):
+            freqs = (inv_freq @ positions).transpose(1, 2)  # (B, L, D/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (B, L, D)
+            return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotates half the hidden dims of the input (NeoX / Llama split-halves convention, LLaDA's too)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, full_precision: bool = False):
+    """Rotate q and k `(B, H, L, D)`. With `full_precision` the rotation runs in float32 (LLaDA's
+    `rope_full_precision`); otherwise cos/sin are cast to the activations' dtype (Llama)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, L, D)
+    if full_precision:
+        qf, kf = q.float(), k.float()
+        return (qf * cos + rotate_half(qf) * sin).to(q.dtype), (kf * cos + rotate_half(kf) * sin).to(k.dtype)
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, H_kv, L, D) -> (B, H_kv * n_rep, L, D) for grouped-query attention."""
+    if n_rep == 1:
+        return hidden_states
+    b, h_kv, length, d = hidden_states.shape
+    return hidden_states[:, :, None].expand(b, h_kv, n_rep, length, d).reshape(b, h_kv * n_rep, length, d)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: softmax(q k^T * scaling + mask) v, never causal. Mask: bool (True = attend) or additive."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Q, K)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask.to(scores.dtype)
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, Q, H, D)
+    return output, weights
+
+
+class IlladaAttention(nn.Module):
+    """Multi-head attention with grouped KV heads, RoPE and no causal mask.
+
+    With `past_key_values` (any object with transformers' `Cache.update(k, v, layer_idx)` contract) the new
+    keys/values are handed to the cache, which returns the full key/value tensors to attend to: a prefix cache
+    concatenates, a dual cache writes them in place. Positions always come from `position_ids`.
+    """
+
+    def __init__(self, config: IlladaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = False  # the one switch that makes this a diffusion LM; SDPA reads it
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H, L, D)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H_kv, L, D)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)  # (B, H_kv, L, D)
+        cos, sin = position_embeddings
+        query, key = apply_rotary_pos_emb(query, key, cos, sin, getattr(self.config, "rope_full_precision", False))
+
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, H_kv, K, D)
+
+        attention_fn = eager_attention_forward
+        if self.config._attn_implementation not in (None, "eager"):
+            attention_fn = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        output, weights = attention_fn(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+            **kwargs,
+        )
+        output = output.reshape(batch, length, -1).contiguous()  # (B, L, H * D)
+        return self.o_proj(output), weights
+
+
+class IlladaMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x)). LLaDA names gate `ff_proj`, down `ff_out`."""
+
+    def __init__(self, config: IlladaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class IlladaDecoderLayer(nn.Module):
+    def __init__(self, config: IlladaConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = IlladaAttention(config, layer_idx)
+        self.mlp = IlladaMLP(config)
+        self.input_layernorm = IlladaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = IlladaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+        # Self Attention
+        residual = hidden_states
+        hidden_states, _ = self.self_attn(
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, **kwargs
+        )
+        hidden_states = residual + hidden_states
+        # Fully Connected
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+# LLaDA (OLMo-style) checkpoint keys -> ours. Applied in order when a checkpoint of model_type "llada" loads.
+# Each rule is a no-op on keys already in our layout, so a folder saved by this package reloads unchanged.
+LLADA_KEY_MAPPING = {
+    r"model.transformer.ff_out.": "lm_head.",
+    r"transformer.wte.": "embed_tokens.",
+    r"transformer.ln_f.": "norm.",
+    r"transformer.blocks.": "layers.",
+    r".attn_norm.": ".input_layernorm.",
+    r".ff_norm.": ".post_attention_layernorm.",
+    r"(?<!self_attn)\.q_proj\.": ".self_attn.q_proj.",
+    r"(?<!self_attn)\.k_proj\.": ".self_attn.k_proj.",
+    r"(?<!self_attn)\.v_proj\.": ".self_attn.v_proj.",
+    r".attn_out.": ".self_attn.o_proj.",
+    r".ff_proj.": ".mlp.gate_proj.",
+    r"(?<!mlp)\.up_proj\.": ".mlp.up_proj.",
+    r".ff_out.": ".mlp.down_proj.",
+}
+
+
+def _register_llada_key_mapping():
+    """Teach transformers' loader the LLaDA layout (works for the installed package and for remote code)."""
+    try:
+        from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # pragma: no cover - transformers without the conversion-mapping API
+        return
+    renamings = [WeightRenaming(source, target) for source, target in LLADA_KEY_MAPPING.items()]
+    register_checkpoint_conversion_mapping(LladaConfig.model_type, renamings, overwrite=True)
+
+
+_register_llada_key_mapping()
+
+
+class IlladaPreTrainedModel(PreTrainedModel):
+    config_class = IlladaConfig
+    config: IlladaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["IlladaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, IlladaRotaryEmbedding):
+            # non-persistent buffers are not in checkpoints: recompute, or from_pretrained leaves garbage
+            module.inv_freq.copy_(rope_inverse_frequencies(module.config).to(module.inv_freq.device))
+
+    @classmethod
+    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint whose keys do not match the model is an error
+        naming the keys (transformers only warns). Pass `strict=False` to get the warning behaviour back."""
+        if not strict:
+            return super().from_pretrained(*args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
+            raise ValueError(
+                f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway."
+            )
+        return (model, info) if wants_info else model
+
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained`, always in this package's key layout (also for models loaded from
+        LLaDA's layout), with a complete `auto_map` pointing at the code files saved alongside, so that the folder
+        loads with `trust_remote_code=True` where this package is not installed. An `auto_map` inherited from an
+        official checkpoint (pointing at its own code) is replaced."""
+        head = "LladaForMaskedDiffusion" if self.config.model_type == LladaConfig.model_type else "IlladaForMaskedDiffusion"
+        self.config.auto_map = {
+            "AutoConfig": f"configuration_illada.{type(self.config).__name__}",
+            "AutoModel": f"modeling_illada.{head}",
+            "AutoModelForMaskedLM": f"modeling_illada.{head}",
+        }
+        self.config.architectures = [head]
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
+
+def _prepare_attention_mask(attention_mask, batch: int, q_len: int, kv_len: int, dtype: torch.dtype):
+    """Validate a 2-D padding mask `(B, K)` or a 4-D mask `(B|1, 1|H, Q, K)` and return what attention takes:
+    `None` when nothing is masked, else a bool `(B, 1, Q|1, K)` (True = attend) or the 4-D float mask as given."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 2:
+        if tuple(attention_mask.shape) != (batch, kv_len):
+            raise ValueError(
+                f"2-D `attention_mask` must have shape (batch, key length) = {(batch, kv_len)}, got {tuple(attention_mask.shape)}."
+            )
+        if bool(attention_mask.all()):
+            return None
+        return attention_mask.bool()[:, None, None, :]  # (B, 1, 1, K)
+    if attention_mask.dim() == 4:
+        b, h, q, k = attention_mask.shape
+        if b not in (1, batch) or q != q_len or k != kv_len:
+            raise ValueError(
+                f"4-D `attention_mask` must have shape (batch or 1, 1 or heads, query length, key length) = "
+                f"({batch}, 1, {q_len}, {kv_len}), got {tuple(attention_mask.shape)}."
+            )
+        if attention_mask.dtype == torch.bool or not attention_mask.is_floating_point():
+            return attention_mask.bool()
+        return attention_mask.to(dtype)
+    raise ValueError(f"`attention_mask` must be 2-D (batch, length) or 4-D (batch, 1, query, key), got {attention_mask.dim()}-D.")
+
+
+class IlladaModel(IlladaPreTrainedModel):
+    """The bare bidirectional transformer: token embeddings in, final hidden states out."""
+
+    def __init__(self, config: IlladaConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([IlladaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = IlladaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = IlladaRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, length)`): token ids, mask tokens included.
+            attention_mask (`torch.Tensor`, *optional*): 2-D `(batch, key length)` with 1 for real tokens and 0
+                for padding, or 4-D `(batch, 1, length, key length)`, bool (True = attend) or additive float.
+            position_ids (`torch.LongTensor` of shape `(batch, length)`, *optional*): defaults to 0..L-1, counted
+                over real tokens only when a 2-D mask marks left padding (so a padded row sees the positions it
+                would see alone).
+            past_key_values (*optional*): a cache with `update(key, value, layer_idx)`; see `caching.py`.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch, length, hidden)`, *optional*).
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must be 2-D (batch, length), got shape {tuple(input_ids.shape)}.")
+            inputs_embeds = self.embed_tokens(input_ids)  # (B, L, d)
+        batch, q_len = inputs_embeds.shape[:2]
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        kv_len = past_len + q_len
+        mask = _prepare_attention_mask(attention_mask, batch, q_len, kv_len, inputs_embeds.dtype)
+
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2 and past_key_values is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
+            else:
+                position_ids = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)[None].expand(batch, -1)
+        if position_ids.shape[-1] != q_len:
+            raise ValueError(f"`position_ids` must have length {q_len} (the input length), got shape {tuple(position_ids.shape)}.")
+        longest = max(kv_len, int(position_ids.max()) + 1 if position_ids.numel() else 0)
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {longest} exceeds `max_position_embeddings` ({self.config.max_position_embeddings})."
+            )
+
+        position_embeddings = self.rotary_emb(position_ids.to(inputs_embeds.device))  # (B, L, D) x2
+        hidden_states = inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if self.gradient_checkpointing and self.training:
+                hidden_states = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, position_embeddings, mask, past_key_values
+                )
+            else:
+                hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values, **kwargs)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        if not return_dict:
+            return tuple(v for v in (hidden_states, past_key_values, all_hidden_states) if v is not None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+        )
+
+
+@dataclass
+class IlladaMaskedDiffusionOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor`, *optional*): masked-diffusion loss, when `labels` are given.
+        logits (`torch.FloatTensor` of shape `(batch, kept positions, vocab)`): x_0 predictions.
+        past_key_values (*optional*): the cache passed in, updated.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): per-layer states with `output_hidden_states=True`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: object | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin):
+    """`IlladaModel` plus the LM head predicting x_0 at every position, and diffusion `generate()`.
+
+    This is also what `AutoModel` and `AutoModelForMaskedLM` return for illada/llada configs: the official
+    LLaDA/iLLaDA snippets call `AutoModel.from_pretrained(...)` and read `.logits`.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    generation_config_class = IlladaGenerationConfig  # PreTrainedModel's own attribute would win in the MRO
+
+    def __init__(self, config: IlladaConfig):
+        super().__init__(config)
+        self.model = IlladaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        loss_weights: torch.FloatTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """
+        Args (beyond `IlladaModel.forward`):
+            labels (`torch.LongTensor` of shape `(batch, length)`, *optional*): x_0 at the masked positions and
+                -100 elsewhere; gives the masked-diffusion loss (no shift).
+            loss_weights (`torch.FloatTensor` of shape `(batch, length)`, *optional*): per-token weights carrying
+                1/p_mask and the normalisation (see `diffusion.masked_diffusion_loss`).
+            logits_to_keep (`int`, `slice` or 1-D `torch.LongTensor`): compute logits only for the last `n`
+                positions (`0` = all), a slice, or the given position indices (shared by the batch).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, L, d)
+        if isinstance(logits_to_keep, int):
+            keep = slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+        else:
+            keep = logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])  # (B, kept, V)
+
+        loss = None
+        if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("`labels` need logits at every position: do not combine them with `logits_to_keep`.")
+            loss = masked_diffusion_loss(logits, labels, loss_weights)
+
+        if not return_dict:
+            out = (logits, outputs.past_key_values, outputs.hidden_states)
+            out = tuple(v for v in out if v is not None)
+            return (loss,) + out if loss is not None else out
+        return IlladaMaskedDiffusionOutput(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+class LladaForMaskedDiffusion(IlladaForMaskedDiffusion):
+    """`IlladaForMaskedDiffusion` under `LladaConfig` (model_type "llada"): what the Auto classes build for
+    LLaDA-8B / LLaDA-1.5 folders. Their OLMo-style weight names are mapped on load (`LLADA_KEY_MAPPING`)."""
+
+    config_class = LladaConfig
+    config: LladaConfig
+
+
+__all__ = [
+    "IlladaPreTrainedModel",
+    "LladaForMaskedDiffusion",
+    "IlladaModel",
+    "IlladaForMaskedDiffusion",
+    "IlladaMaskedDiffusionOutput",
+    "LLADA_KEY_MAPPING",
+]

@@ -1,0 +1,132 @@
+"""The bidirectional transformer: attention semantics, masks, padding, dtypes and bad input."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import tiny_model
+
+
+def logits(model, ids, **kw):
+    with torch.no_grad():
+        return model(ids, **kw).logits
+
+
+def test_attention_is_bidirectional(model):
+    ids = torch.randint(4, 64, (1, 10))
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1 - 4) % 60 + 4
+    before, after = logits(model, ids), logits(model, changed)
+    assert not torch.allclose(before[0, 0], after[0, 0]), "a later token must change earlier logits"
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_equals_eager(model, padded):
+    ids = torch.randint(4, 64, (2, 9))
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :3] = 0
+    model.set_attn_implementation("sdpa")
+    sdpa = logits(model, ids, attention_mask=mask)
+    model.set_attn_implementation("eager")
+    eager = logits(model, ids, attention_mask=mask)
+    torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_gives_each_row_its_own_logits(model):
+    a = torch.randint(4, 64, (1, 7))
+    b = torch.randint(4, 64, (1, 4))
+    batch = torch.cat([a, torch.cat([torch.full((1, 3), 1), b], 1)])
+    mask = torch.tensor([[1] * 7, [0, 0, 0] + [1] * 4])
+    out = logits(model, batch, attention_mask=mask)
+    torch.testing.assert_close(out[0], logits(model, a)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 3:], logits(model, b)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_four_d_mask_matches_padding_mask(model):
+    ids = torch.randint(4, 64, (2, 6))
+    mask2 = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    mask4 = mask2[:, None, None, :].expand(2, 1, 6, 6).bool()
+    pos = (mask2.cumsum(-1) - 1).clamp(min=0)
+    torch.testing.assert_close(
+        logits(model, ids, attention_mask=mask2), logits(model, ids, attention_mask=mask4, position_ids=pos)
+    )
+
+
+def test_cached_prefix_equals_block_causal_mask(model):
+    """A prefix cached alone, then a suffix that sees everything: the same as one pass with that 4-D mask."""
+    ids = torch.randint(4, 64, (1, 10))
+    cache = DynamicCache()
+    with torch.no_grad():
+        model(ids[:, :6], past_key_values=cache)
+        cached = model(ids[:, 6:], past_key_values=cache, position_ids=torch.arange(6, 10)[None]).logits
+    block = torch.ones(10, 10, dtype=torch.bool)
+    block[:6, 6:] = False  # prefix rows do not see the suffix
+    full = logits(model, ids, attention_mask=block[None, None])
+    torch.testing.assert_close(cached, full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_logits_to_keep_and_inputs_embeds(model):
+    ids = torch.randint(4, 64, (2, 8))
+    full = logits(model, ids)
+    torch.testing.assert_close(logits(model, ids, logits_to_keep=3), full[:, -3:])
+    torch.testing.assert_close(logits(model, ids, logits_to_keep=slice(2, 5)), full[:, 2:5])
+    torch.testing.assert_close(logits(model, ids, logits_to_keep=torch.tensor([0, 7])), full[:, [0, 7]])
+    embeds = model.get_input_embeddings()(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs_embeds=embeds).logits, full)
+
+
+def test_hidden_states_and_tuple_output(model):
+    ids = torch.randint(4, 64, (1, 5))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        as_tuple = model(ids, return_dict=False)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_bfloat16_runs_on_cpu_and_stays_close():
+    model = tiny_model()
+    ids = torch.randint(4, 64, (1, 8))
+    reference = logits(model, ids)
+    low = logits(model.to(torch.bfloat16), ids)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max() < 0.1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(4, 64, (2, 8))
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()  # the Trainer still calls this name
+            assert model.model.gradient_checkpointing
+        model(ids).logits.square().mean().backward()
+        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_labels_give_the_masked_diffusion_loss(model):
+    ids = torch.randint(4, 64, (1, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 2] = 7
+    out = model(ids, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits[0, 2:3], torch.tensor([7]))
+    torch.testing.assert_close(out.loss, expected)
+    weights = torch.full(ids.shape, 0.5)
+    torch.testing.assert_close(model(ids, labels=labels, loss_weights=weights).loss, 0.5 * expected)
+
+
+def test_bad_inputs_name_the_problem(model):
+    too_long = torch.randint(4, 64, (1, model.config.max_position_embeddings + 1))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model(too_long)
+    ids = torch.randint(4, 64, (2, 6))
+    with pytest.raises(ValueError, match="4-D `attention_mask`"):
+        model(ids, attention_mask=torch.ones(2, 1, 5, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2-D `attention_mask`"):
+        model(ids, attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="exactly one of"):
+        model()
