@@ -398,9 +398,7 @@ class IlladaGenerationMixin:
             )
         region_start = int(prompt_masks.any(0).nonzero()[0]) if infill else prompt_len
         region = total - region_start
-        block_length = config.block_length or (new_tokens if new_tokens else region)
-        if infill and new_tokens == 0:
-            block_length = config.block_length or region
+        block_length = config.block_length or (region if infill else new_tokens)
         if region % block_length:
             raise ValueError(
                 f"`block_length` ({block_length}) must divide the generated region ({region} tokens"

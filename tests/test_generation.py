@@ -1,0 +1,373 @@
+"""Diffusion generate(): the schedule, reveal order, invariants, stopping, batching, observability, config.
+
+Most tests use `FakeDenoiser` (no weights, hand-predictable); parity with the published sampler and padding
+invariance use a tiny random model; `reference_llada.llada_generate` is the oracle.
+"""
+
+import dataclasses
+import io
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+from transformers import TextDiffusionStreamer
+
+from conftest import tiny_model
+from fake_denoiser import FakeDenoiser, word_tokenizer
+from modeling_illada import IlladaGenerationConfig
+from reference_llada import llada_generate
+
+MASK, EOS = 3, 2
+
+
+def rising(n=64, vocab=64):
+    """Candidate at position i is token 10 + i % 40, confidence rising to the right."""
+    return [10 + i % 40 for i in range(n)], [1.0 + 0.1 * i for i in range(n)]
+
+
+def revealed_positions(steps):
+    return [s.revealed[0].nonzero().flatten().tolist() for s in steps]
+
+
+# ----------------------------------------------------------------------------------------------- algorithm
+
+
+def test_single_block_reveals_by_confidence_one_per_step():
+    model = FakeDenoiser(*rising())
+    prompt = torch.tensor([[20, 21, 22]])
+    seen = []
+    out = model.generate(prompt, max_new_tokens=4, steps=4, on_step=seen.append)
+    assert out.tolist() == [[20, 21, 22, 13, 14, 15, 16]]
+    assert revealed_positions(seen) == [[6], [5], [4], [3]]  # rising confidence: right to left
+    assert len(model.calls) == 4
+
+
+def test_blocks_are_semi_autoregressive_and_follow_the_schedule():
+    model = FakeDenoiser(*rising())
+    seen = []
+    model.generate(torch.tensor([[20, 21]]), max_new_tokens=8, steps=4, block_length=4, on_step=seen.append)
+    # 2 blocks x 2 steps, 4 masks per block -> 2 reveals per step, block 0 (cols 2-5) before block 1 (cols 6-9)
+    assert revealed_positions(seen) == [[4, 5], [2, 3], [8, 9], [6, 7]]
+    assert [s.block for s in seen] == [0, 0, 1, 1]
+    assert [(s.block_start, s.block_end) for s in seen] == [(2, 6), (2, 6), (6, 10), (6, 10)]
+
+
+def test_uneven_schedule_gives_earlier_steps_the_remainder():
+    model = FakeDenoiser(*rising())
+    seen = []
+    model.generate(torch.tensor([[20]]), max_new_tokens=5, steps=3, on_step=seen.append)
+    assert [len(r) for r in revealed_positions(seen)] == [2, 2, 1]
+
+
+def test_prompt_and_revealed_tokens_never_change():
+    model = tiny_model()
+    prompt = torch.randint(4, 64, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8, steps=8, block_length=4, return_dict_in_generate=True,
+                         output_history=True, eos_early_stop=False)
+    assert torch.equal(out.sequences[:, :5], prompt)
+    for before, after in zip(out.history, out.history[1:]):
+        was_revealed = before != MASK
+        assert torch.equal(after[was_revealed], before[was_revealed])
+    assert not bool((out.sequences == MASK).any())
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(max_new_tokens=8, steps=8, block_length=8), dict(max_new_tokens=8, steps=4, block_length=4),
+     dict(max_new_tokens=12, steps=6, block_length=4, cfg_scale=1.5)],
+)
+def test_greedy_output_is_token_identical_to_the_reference_sampler(knobs):
+    for seed in range(3):
+        model = tiny_model(seed=seed, tie_word_embeddings=False)
+        prompt = torch.randint(4, 64, (2, 6), generator=torch.Generator().manual_seed(seed))
+        reference = llada_generate(lambda x: model(x).logits, prompt, mask_id=MASK, steps=knobs["steps"],
+                                   gen_length=knobs["max_new_tokens"], block_length=knobs["block_length"],
+                                   cfg_scale=knobs.get("cfg_scale", 0.0))
+        assert not bool((reference == MASK).any()), "precondition: the reference never committed the mask token"
+        ours = model.generate(prompt, eos_early_stop=False, **knobs)
+        assert torch.equal(ours, reference)
+
+
+def test_llada_argument_names_are_accepted():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 4))
+    a = model.generate(prompt, gen_length=8, steps=8, block_length=4, mask_id=MASK, eos_early_stop=False)
+    b = model.generate(prompt, max_new_tokens=8, steps=8, block_length=4, eos_early_stop=False)
+    assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+
+def test_sampling_is_seeded_and_float64_gumbel_varies():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 4))
+    run = lambda seed: model.generate(prompt, max_new_tokens=16, temperature=1.0, eos_early_stop=False,
+                                      generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+    torch.manual_seed(5)
+    a = model.generate(prompt, max_new_tokens=8, temperature=1.0, remasking="random")
+    torch.manual_seed(5)
+    assert torch.equal(a, model.generate(prompt, max_new_tokens=8, temperature=1.0, remasking="random"))
+
+
+def test_top_k_one_is_greedy():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 4))
+    greedy = model.generate(prompt, max_new_tokens=8, eos_early_stop=False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=8, temperature=2.0, top_k=1, eos_early_stop=False), greedy)
+    assert torch.equal(model.generate(prompt, max_new_tokens=8, temperature=2.0, top_p=1e-6, eos_early_stop=False), greedy)
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random", "margin", "entropy"])
+def test_every_remasking_strategy_fills_the_canvas(remasking):
+    model = tiny_model()
+    out = model.generate(torch.randint(4, 64, (2, 3)), max_new_tokens=8, steps=4, block_length=4, remasking=remasking)
+    assert out.shape == (2, 11) and not bool((out == MASK).any())
+
+
+def test_cfg_unconditional_rows_mask_the_prompt():
+    targets, strengths = rising()
+    model = FakeDenoiser(targets, strengths, conditional_bonus=(50, 5.0))
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=2, steps=2, cfg_scale=1.0)
+    cond, uncond = model.calls[0].chunk(2)
+    assert cond[0, :2].tolist() == [20, 21] and uncond[0].tolist() == [MASK] * 4
+    assert out[0, 2:].tolist() == [50, 50]  # the conditional bonus wins with guidance
+
+
+# ----------------------------------------------------------------------------------------------- stopping
+
+
+def eos_at(position, n=64):
+    targets, strengths = rising(n)
+    targets[position] = EOS
+    strengths[position] = 100.0  # committed first
+    return targets, strengths
+
+
+def test_eos_early_stop_skips_later_blocks_and_keeps_the_output():
+    prompt = torch.tensor([[20, 21]])
+    full = FakeDenoiser(*eos_at(3))
+    reference = full.generate(prompt, max_new_tokens=12, steps=12, block_length=4, eos_early_stop=False)
+    early = FakeDenoiser(*eos_at(3))
+    out = early.generate(prompt, max_new_tokens=12, steps=12, block_length=4, return_dict_in_generate=True)
+    assert len(early.calls) == 4 and len(full.calls) == 12
+    first_eos = 3
+    assert torch.equal(out.sequences[:, : first_eos + 1], reference[:, : first_eos + 1])
+    assert out.sequences[0, 6:].tolist() == [EOS] * 8  # after the block: filled with EOS, not masks
+
+
+def test_logits_eos_inf_bans_eos():
+    model = FakeDenoiser(*eos_at(3))
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=4, steps=4, logits_eos_inf=True)
+    assert EOS not in out[0, 2:].tolist()
+
+
+def test_confidence_eos_eot_inf_commits_end_tokens_last_in_the_block():
+    model = FakeDenoiser(*eos_at(3))
+    seen = []
+    model.generate(torch.tensor([[20, 21]]), max_new_tokens=4, steps=4, confidence_eos_eot_inf=True,
+                   on_step=seen.append)
+    assert revealed_positions(seen)[-1] == [3]
+
+
+def test_variable_length_appends_blocks_until_eos():
+    model = FakeDenoiser(*eos_at(7))
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=16, steps=16, block_length=4, variable_length=True)
+    assert out.shape[1] == 2 + 8  # two blocks: EOS landed in the second
+    assert [c.shape[1] for c in model.calls] == [6] * 4 + [10] * 4  # no future masks in context
+
+
+def test_stop_strings_end_variable_length_generation():
+    tokenizer = word_tokenizer()
+    cat = tokenizer.convert_tokens_to_ids("cat")
+    targets, strengths = rising()
+    targets[5] = cat
+    model = FakeDenoiser(targets, strengths, eos_token_id=63)  # no EOS in play
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=16, steps=16, block_length=4,
+                         variable_length=True, stop_strings=["cat"], tokenizer=tokenizer)
+    assert out.shape[1] == 6 and out[0, 5] == cat
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def test_left_padded_batch_matches_each_prompt_alone():
+    model = tiny_model(tie_word_embeddings=False)
+    long_prompt = torch.randint(4, 64, (1, 7))
+    short_prompt = torch.randint(4, 64, (1, 3))
+    batch = torch.cat([long_prompt, torch.cat([torch.full((1, 4), 1), short_prompt], 1)])
+    mask = torch.tensor([[1] * 7, [0] * 4 + [1] * 3])
+    knobs = dict(max_new_tokens=8, steps=8, block_length=4)
+    together = model.generate(batch, attention_mask=mask, **knobs)
+    assert torch.equal(together[0], model.generate(long_prompt, **knobs)[0])
+    alone = model.generate(short_prompt, **knobs)[0]
+    assert torch.equal(together[1, 4:], alone)
+    assert torch.equal(together[1, :4], torch.full((4,), 1))  # padding untouched
+
+
+def test_batched_eos_rows_stop_independently():
+    targets, strengths = eos_at(3)
+    model = FakeDenoiser(targets, strengths)
+    prompts = torch.tensor([[20, 21], [22, 23]])
+    out = model.generate(prompts, max_new_tokens=8, steps=8, block_length=4)
+    assert out.shape == (2, 10) and bool((out[:, 6:] == EOS).all())
+
+
+# ----------------------------------------------------------------------------------------------- infilling
+
+
+def test_infilling_fills_masks_in_place_and_touches_nothing_else():
+    model = tiny_model(tie_word_embeddings=False)
+    text = torch.randint(4, 64, (1, 10))
+    holes = text.clone()
+    holes[0, [2, 3, 7]] = MASK
+    out = model.generate(holes, max_new_tokens=0)
+    assert out.shape == text.shape and not bool((out == MASK).any())
+    keep = holes != MASK
+    assert torch.equal(out[keep], holes[keep])
+
+
+def test_infilling_with_a_continuation():
+    model = FakeDenoiser(*rising())
+    holes = torch.tensor([[20, MASK, 22, MASK]])
+    seen = []
+    out = model.generate(holes, max_new_tokens=2, on_step=seen.append)
+    assert out.tolist() == [[20, 11, 22, 13, 14, 15]]
+    assert len(seen) == 4  # one block spanning the first hole to the end, one token per step
+
+
+# ----------------------------------------------------------------------------------------------- observability
+
+
+def test_return_dict_counts_forwards_and_tokens():
+    model = FakeDenoiser(*rising())
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=8, steps=4, return_dict_in_generate=True,
+                         output_history=True)
+    assert out.num_forward_passes == 4 and out.tokens_per_forward == 2.0 and len(out.history) == 4
+
+
+def test_threshold_reveals_in_parallel_and_one_reduces_to_plain():
+    prompt = torch.tensor([[20, 21]])
+    confident = FakeDenoiser([10 + i for i in range(64)], [50.0] * 64)
+    out = confident.generate(prompt, max_new_tokens=8, block_length=4, threshold=0.9, return_dict_in_generate=True)
+    assert out.num_forward_passes == 2 and out.tokens_per_forward == 4.0
+    model = tiny_model(tie_word_embeddings=False)
+    plain = model.generate(prompt, max_new_tokens=8, steps=8, block_length=4, eos_early_stop=False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=8, block_length=4, threshold=1.0, eos_early_stop=False), plain)
+
+
+def test_on_step_receives_frozen_states():
+    model = FakeDenoiser(*rising())
+    seen = []
+    model.generate(torch.tensor([[20, 21]]), max_new_tokens=4, steps=2, on_step=seen.append)
+    assert [s.step for s in seen] == [0, 1] and seen[0].prompt_length == 2 and seen[0].mask_token_id == MASK
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].step = 5
+    assert int((seen[0].tokens == MASK).sum()) == 2 and int((seen[1].tokens == MASK).sum()) == 0
+    revealed = seen[0].revealed
+    assert bool(torch.isfinite(seen[0].confidence[revealed]).all()) and bool(seen[0].confidence[~revealed].isnan().all())
+
+
+class CountingStreamer:
+    def __init__(self):
+        self.puts, self.drafts, self.ends = [], [], 0
+
+    def put(self, value):
+        self.puts.append(value.clone())
+
+    def put_draft(self, value):
+        self.drafts.append(value.clone())
+
+    def end(self):
+        self.ends += 1
+
+
+def test_streamer_gets_prompt_drafts_blocks_and_end():
+    model = FakeDenoiser(*rising())
+    streamer = CountingStreamer()
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=8, steps=4, block_length=4, streamer=streamer)
+    assert len(streamer.drafts) == 4 and streamer.ends == 1
+    assert [p.tolist() for p in streamer.puts] == [[[20, 21]], out[:, 2:6].tolist(), out[:, 6:].tolist()]
+    assert streamer.drafts[0].shape == (1, 8) and int((streamer.drafts[0] == MASK).sum()) == 6
+
+
+def test_transformers_text_diffusion_streamer_works_unchanged():
+    tokenizer = word_tokenizer()
+    words = [tokenizer.convert_tokens_to_ids(w) for w in ("the", "cat", "sat", "on", "a", "mat")]
+    model = FakeDenoiser(words * 10, [1.0 + 0.1 * i for i in range(60)])
+    prompt = torch.tensor([tokenizer.convert_tokens_to_ids(["the", "dog"])])
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        model.generate(prompt, max_new_tokens=4, steps=4, streamer=TextDiffusionStreamer(tokenizer))
+    printed = buffer.getvalue()
+    assert "<mask> <mask> a mat" in printed  # a draft, shown while denoising
+    assert printed.endswith("dog sat on a mat\n") and printed.startswith("the ")  # the committed text
+
+
+def test_diffusion_generate_is_dreams_api():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 4))
+    dream = model.diffusion_generate(prompt, max_new_tokens=8, steps=8, alg="maskgit_plus", output_history=True,
+                                     return_dict_in_generate=True, eos_early_stop=False)
+    ours = model.generate(prompt, max_new_tokens=8, steps=8, eos_early_stop=False)
+    assert torch.equal(dream.sequences, ours) and len(dream.history) == 8
+    with pytest.raises(ValueError, match="alg"):
+        model.diffusion_generate(prompt, alg="nope")
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def test_generation_config_round_trips_and_saves_temperature_zero(tmp_path):
+    config = IlladaGenerationConfig(gen_length=64, steps=32, block_length=16, remasking="margin", temperature=0.0,
+                                    mask_id=7, cfg_scale=0.5, threshold=0.9)
+    config.save_pretrained(tmp_path)
+    again = IlladaGenerationConfig.from_pretrained(tmp_path)
+    assert again.knobs() == config.knobs() and again.max_new_tokens == 64 and again.mask_token_id == 7
+
+
+def test_model_generation_defaults_load_from_the_folder(tmp_path):
+    model = tiny_model()
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=8, steps=4, block_length=4, mask_token_id=MASK)
+    model.save_pretrained(tmp_path)
+    from transformers import AutoModel
+
+    again = AutoModel.from_pretrained(tmp_path)
+    assert type(again.generation_config) is IlladaGenerationConfig
+    assert (again.generation_config.steps, again.generation_config.block_length) == (4, 4)
+    assert again.generate(torch.randint(4, 64, (1, 3))).shape == (1, 11)
+
+
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        (dict(max_new_tokens=10, block_length=4), "block_length"),
+        (dict(max_new_tokens=8, block_length=4, steps=3), "steps"),
+        (dict(remasking="lowest"), "low_confidence"),
+        (dict(temperature=-0.5), "temperature"),
+        (dict(schedule="exp"), "linear"),
+        (dict(threshold=1.5), "threshold"),
+        (dict(num_beams=4), "num_beams"),
+        (dict(top_p=0.0), "top_p"),
+    ],
+)
+def test_bad_generation_knobs_name_the_parameter(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        IlladaGenerationConfig(**knobs)
+    with pytest.raises(ValueError, match=message):
+        tiny_model().generate(torch.randint(4, 64, (1, 3)), **knobs)
+
+
+def test_missing_mask_token_and_too_long_prompt_are_clear_errors():
+    model = tiny_model(mask_token_id=None)
+    with pytest.raises(ValueError, match="mask token id"):
+        model.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=4)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.generate(torch.randint(4, 64, (1, 100)), max_new_tokens=64)
+    with pytest.raises(ValueError, match="nothing to generate"):
+        model.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=0)
+    with pytest.raises(ValueError, match="stop_strings"):
+        model.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=4, stop_strings=["x"])
