@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from transformers import GenerationConfig
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .caching import CACHES
 from .guidance import guidance_for
@@ -27,7 +27,11 @@ from .schedules import SCHEDULES
 # Names users already know from the reference code and Dream -> ours.
 ALIASES = {"gen_length": "max_new_tokens", "mask_id": "mask_token_id", "var": "variable_length"}
 
-_METADATA = ("transformers_version", "_from_model_config", "_commit_hash", "_original_object_hash")
+PARALLEL_DECODING_THRESHOLD = 0.9  # Fast-dLLM's default confidence threshold, used by `parallel_decoding=True`
+
+_METADATA = ("transformers_version", "_from_model_config", "_commit_hash")
+
+logger = logging.get_logger(__name__)
 
 
 def _defaults() -> dict:
@@ -43,6 +47,7 @@ def _defaults() -> dict:
         "schedule": "linear",
         "remasking": "low_confidence",
         "threshold": None,
+        "parallel_decoding": False,
         "cfg_scale": 0.0,
         "cache": "none",
         # sampling of candidates
@@ -93,8 +98,11 @@ class IlladaGenerationConfig(GenerationConfig):
             `margin`, `entropy`.
         threshold (`float`, *optional*): reveal every masked token of the block whose confidence exceeds it (at
             least one per step) instead of following the schedule; a block then takes as many steps as it needs.
+        parallel_decoding (`bool`, defaults to `False`): confidence-threshold parallel decoding with
+            `threshold` 0.9 (Fast-dLLM's default) unless `threshold` is set.
         cfg_scale (`float`, defaults to 0.0): classifier-free guidance scale `s`: `u + (s + 1)(c - u)`.
-        cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`.
+        cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`: `none`
+            (exact), `prefix` or `dual` (Fast-dLLM's approximate key/value caches, refreshed once per block).
         temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
         top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
         mask_token_id (`int`): the mask token; taken from the model config when unset.
@@ -162,6 +170,8 @@ class IlladaGenerationConfig(GenerationConfig):
             raise ValueError(f"`cfg_scale` must be >= 0, got {self.cfg_scale!r}.")
         if self.threshold is not None and not 0 < self.threshold <= 1:
             raise ValueError(f"`threshold` must lie in (0, 1] (a probability), got {self.threshold!r}.")
+        if not isinstance(self.parallel_decoding, bool):
+            raise ValueError(f"`parallel_decoding` must be True or False, got {self.parallel_decoding!r}.")
         if self.mask_token_id is not None and (not isinstance(self.mask_token_id, int) or self.mask_token_id < 0):
             raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
         if isinstance(self.stop_strings, str):
@@ -171,7 +181,7 @@ class IlladaGenerationConfig(GenerationConfig):
                 f"`block_length` ({self.block_length}) must divide `max_new_tokens` ({self.max_new_tokens}): "
                 f"use a multiple of {self.block_length}, or a block length among the divisors of {self.max_new_tokens}."
             )
-        if self.max_new_tokens and self.steps and self.threshold is None:
+        if self.max_new_tokens and self.steps and self.threshold is None and not self.parallel_decoding:
             num_blocks = self.max_new_tokens // (self.block_length or self.max_new_tokens)
             if self.steps % num_blocks:
                 raise ValueError(
@@ -203,6 +213,16 @@ class IlladaGenerationConfig(GenerationConfig):
         knobs.update(overrides)
         return type(self)(**knobs)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "IlladaGenerationConfig":
+        """Load a `generation_config.json`. Keys written for autoregressive decoding (an official checkpoint's
+        `do_sample`, `num_beams`, ...) are ignored with a warning; constructing the config directly refuses them."""
+        known = set(_defaults()) | set(ALIASES) | set(_METADATA)
+        ignored = sorted(k for k in config_dict if k not in known)
+        if ignored:
+            logger.warning(f"Ignoring generation_config keys that diffusion decoding does not use: {ignored}")
+        return super().from_dict({k: v for k, v in config_dict.items() if k in known}, **kwargs)
+
     @staticmethod
     def _get_default_generation_params() -> dict:
         return _defaults()
@@ -230,12 +250,15 @@ class IlladaGenerationOutput(ModelOutput):
     Args:
         sequences (`torch.LongTensor` of shape `(batch, prompt + generated)`): prompts followed by the generation.
         num_forward_passes (`int`): model calls made (a CFG step counts one call on a doubled batch).
+        num_positions_processed (`int`): query positions fed to the model, summed over calls and rows (CFG's
+            unconditional rows included); a cache policy feeds fewer than the whole canvas.
         tokens_per_forward (`float`): generated tokens per model call.
         history (`tuple(torch.LongTensor)`, *optional*): the canvas after every step (`output_history=True`).
     """
 
     sequences: torch.LongTensor | None = None
     num_forward_passes: int | None = None
+    num_positions_processed: int | None = None
     tokens_per_forward: float | None = None
     history: tuple[torch.LongTensor, ...] | None = None
 
@@ -323,7 +346,7 @@ class IlladaGenerationMixin:
            `variable_length`); mask tokens already in the prompt are filled in place.
         3. For each block, left to right:
             a. Spread the block's masks over its steps with the schedule.
-            b. For each step:
+            b. For each step (a step whose schedule reveals nothing in any row is skipped: no forward):
                 i.   Forward the canvas (conditional and, with CFG, unconditional) for the block's logits.
                 ii.  Shape logits (EOS ban), sample candidates x0 (Gumbel-max in float64).
                 iii. Score candidates with the remasking strategy; rank EOS/EOT last if asked.
@@ -406,7 +429,10 @@ class IlladaGenerationMixin:
             )
         num_blocks = region // block_length
         steps = config.steps or region
-        if config.threshold is None and steps % num_blocks:
+        threshold = config.threshold
+        if threshold is None and config.parallel_decoding:
+            threshold = PARALLEL_DECODING_THRESHOLD
+        if threshold is None and steps % num_blocks:
             raise ValueError(f"`steps` ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
         steps_per_block = max(steps // num_blocks, 1)
         early_stop = config.eos_early_stop and not infill and bool(end_ids)
@@ -444,8 +470,12 @@ class IlladaGenerationMixin:
             block_step = 0
             while True:
                 eligible = (x[:, block_start:block_end] == mask_id) & mask[:, block_start:block_end].bool()  # (B, Lb)
-                if not eligible.any() or (config.threshold is None and block_step >= steps_per_block):
+                if not eligible.any() or (threshold is None and block_step >= steps_per_block):
                     break
+                step_counts = counts[:, min(block_step, steps_per_block - 1)]  # (B,)
+                if threshold is None and not bool(step_counts.any()):  # reveals nothing: the canvas stays, no forward
+                    block_step += 1
+                    continue
                 # 3.b.i. forward (CFG doubles the batch)
                 guided_x, guided_mask = guidance.batch(x, batch_x_mask)
                 guided_positions = position_ids.repeat(guided_x.shape[0] // batch, 1)
@@ -461,8 +491,7 @@ class IlladaGenerationMixin:
                     is_end = torch.isin(x0, torch.tensor(end_ids, device=device))
                     confidence = confidence.masked_fill(is_end, torch.finfo(confidence.dtype).min)
                 # 3.b.iv. reveal
-                step_counts = counts[:, min(block_step, steps_per_block - 1)]  # (B,)
-                reveal = choose_reveals(confidence, eligible, step_counts, config.threshold)  # (B, Lb)
+                reveal = choose_reveals(confidence, eligible, step_counts, threshold)  # (B, Lb)
                 x[:, block_start:block_end] = torch.where(reveal, x0, x[:, block_start:block_end])
                 revealed_total += int(reveal.sum())
                 # 3.b.v. report
@@ -506,6 +535,7 @@ class IlladaGenerationMixin:
         return IlladaGenerationOutput(
             sequences=x,
             num_forward_passes=forwards,
+            num_positions_processed=cache.positions_processed,
             tokens_per_forward=revealed_total / batch / max(forwards, 1),
             history=tuple(history) if history is not None else None,
         )

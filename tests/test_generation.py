@@ -328,6 +328,14 @@ def test_generation_config_round_trips_and_saves_temperature_zero(tmp_path):
     assert again.knobs() == config.knobs() and again.max_new_tokens == 64 and again.mask_token_id == 7
 
 
+def test_official_generation_config_with_autoregressive_keys_loads(tmp_path):
+    (tmp_path / "generation_config.json").write_text(
+        '{"bos_token_id": 0, "eos_token_id": 2, "do_sample": true, "top_p": 0.9, "num_beams": 1, "transformers_version": "4.57.1"}'
+    )
+    config = IlladaGenerationConfig.from_pretrained(tmp_path)
+    assert (config.eos_token_id, config.top_p) == (2, 0.9) and not hasattr(config, "num_beams")
+
+
 def test_model_generation_defaults_load_from_the_folder(tmp_path):
     model = tiny_model()
     model.generation_config = IlladaGenerationConfig(max_new_tokens=8, steps=4, block_length=4, mask_token_id=MASK)
