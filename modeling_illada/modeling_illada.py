@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from .configuration_illada import IlladaConfig, LladaConfig
 from .diffusion import masked_diffusion_loss
 from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
+from .likelihood import IlladaLikelihoodMixin
 
 
 class IlladaRMSNorm(nn.Module):
@@ -434,7 +435,7 @@ class IlladaMaskedDiffusionOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin):
+class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, IlladaLikelihoodMixin):
     """`IlladaModel` plus the LM head predicting x_0 at every position, and diffusion `generate()`.
 
     This is also what `AutoModel` and `AutoModelForMaskedLM` return for illada/llada configs: the official

@@ -1,0 +1,436 @@
+"""Log-likelihood of an answer given a prompt under a masked diffusion LM: LLaDA's Monte Carlo bound and iLLaDA's
+confidence scorer.
+
+A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two estimators are used upstream:
+
+* `monte_carlo` (LLaDA's `get_log_likelihood`): a Monte Carlo estimate of the ELBO, a lower bound on
+  log p(answer | prompt). Each sample masks exactly `l` of the `L` answer tokens (the prompt is never masked), sums
+  the cross-entropy of the true tokens at the masked positions and weights it by `L / l`. Within each mini-batch of
+  `mc_batch_size` samples the counts are stratified: one random start `k` in 1..L, then counts evenly spaced by
+  `L / mc_batch_size` and wrapped into 1..L. The estimate is minus the mean over `mc_num` samples. A one-token
+  answer has a single possible mask, so it is scored exactly in one forward whatever `mc_num` is.
+* `confidence` (iLLaDA's `llh='confidence'`): deterministic. Start with every answer position masked; at each step
+  take the cross-entropy of the true token at every still-masked position, add the smallest to the total and reveal
+  the true token there. The score is minus the total: one forward per answer token, no `L / l` weight.
+
+`elbo` applies the Monte Carlo bound to whole texts (lm-eval's `loglikelihood_rolling`); texts longer than the
+context are scored in windows, each conditioned on the tokens before it.
+
+Differences from the reference code (`get_log_likelihood.py`, iLLaDA's `eval_illada.py`):
+
+* many (prompt, answer) pairs are scored in one padded batch: prompts are left-padded and answers right-padded so
+  that every answer starts at the same column; positions are counted over real tokens (see `modeling_illada.py`),
+  so each row gets the logits it would get alone, and logits are computed for the answer columns only;
+* each pair draws its randomness from its own generator, all of it before the first forward, so a pair's estimate
+  does not depend on which pairs share its batch;
+* cross-entropy is taken in float32 whatever the model dtype; mask / BOS / EOS ids come from the arguments, the
+  generation config or the model config, never from literals; `add_bos_token` does not add a second BOS.
+
+Notation (code -> LLaDA paper): `answer` -> r_0, `prompt` -> p_0, `counts` -> l, `L / counts` -> the 1 / p_mask
+weight, `mc_num` -> the number of Monte Carlo samples.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .guidance import guidance_for
+
+
+DEFAULT_MC_NUM = 128
+DEFAULT_MC_BATCH_SIZE = 32  # LLaDA's / iLLaDA's lm-eval harness default mini-batch
+
+
+# --- inputs -------------------------------------------------------------------------------------------------------
+
+def _as_sequences(value, name: str) -> list[list[int]]:
+    """One sequence (1-D tensor or list of ints), a 2-D tensor (one row each), or a list of sequences."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 1:
+            return [value.tolist()]
+        if value.dim() == 2:
+            return value.tolist()
+        raise ValueError(f"`{name}` must be 1-D (one sequence) or 2-D (batch, length), got shape {tuple(value.shape)}.")
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0 or all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [list(value)]
+        return [v.tolist() if isinstance(v, torch.Tensor) else list(v) for v in value]
+    raise ValueError(f"`{name}` must be token ids: a list of ints, a tensor, or a list of those; got {type(value).__name__}.")
+
+
+def _special_id(model, name: str, explicit=None) -> int | None:
+    """A special token id: the argument, else the model's generation config, else its config (first of a list)."""
+    for source in (explicit, getattr(getattr(model, "generation_config", None), name, None),
+                   getattr(getattr(model, "config", None), name, None)):
+        if isinstance(source, (list, tuple)):
+            source = source[0] if source else None
+        if source is not None:
+            return int(source)
+    return None
+
+
+def _required_id(model, name: str, explicit, why: str) -> int:
+    value = _special_id(model, name, explicit)
+    if value is None:
+        raise ValueError(f"{why} needs `{name}`: pass `{name}=` or set it in the model's config or generation config.")
+    return value
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+class _Layout:
+    """Pairs laid out as `[left pad | BOS | prompt | answer | EOS | right pad]`, every answer starting at `start`.
+
+    Attributes:
+        tokens: `(N, T)` clean ids; attention_mask: `(N, T)` 1 on real tokens; prompt_index: `(N, T)` the positions
+        classifier-free guidance hides (BOS and prompt); answer: `(N, W)` answer ids, right-padded;
+        answer_mask: `(N, W)` bool, real answer positions; lengths: `(N,)` answer lengths L.
+    """
+
+    def __init__(self, model, prompts, answers, *, add_bos_token, padd_eos, bos_token_id, eos_token_id, max_length):
+        prompts, answers = _as_sequences(prompts, "prompts"), _as_sequences(answers, "answers")
+        if len(prompts) == 1 and len(answers) > 1:
+            prompts = prompts * len(answers)  # one prompt, several answers (multiple choice)
+        if len(prompts) != len(answers):
+            raise ValueError(f"`prompts` and `answers` must pair up: got {len(prompts)} prompts and {len(answers)} answers.")
+        if not answers:
+            raise ValueError("`answers` is empty: pass at least one (prompt, answer) pair.")
+        config = getattr(model, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        limit = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
+        bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
+        eos = _required_id(model, "eos_token_id", eos_token_id, "`padd_eos=True`") if padd_eos else None
+        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+            if not answer:
+                raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs at least one token).")
+            if bos is not None and prompt[:1] != [bos]:
+                prompts[i] = prompt = [bos] + prompt
+            total = len(prompt) + len(answer) + (eos is not None)
+            if limit is not None and total > limit:
+                raise ValueError(
+                    f"`prompts[{i}]` ({len(prompt)} tokens{' with BOS' if bos is not None else ''}) plus `answers[{i}]` "
+                    f"({len(answer)}){' plus EOS' if eos is not None else ''} = {total} tokens exceeds the context "
+                    f"(`max_length` = {limit}); shorten the prompt."
+                )
+            if vocab is not None and any(not 0 <= t < vocab for t in prompt + answer):
+                raise ValueError(f"`prompts[{i}]` / `answers[{i}]` hold ids outside the vocabulary [0, {vocab}).")
+
+        device = _model_device(model)
+        n = len(answers)
+        self.start = max(len(p) for p in prompts)
+        self.width = max(len(a) for a in answers)
+        length = self.start + self.width + (eos is not None)
+        pad = _special_id(model, "pad_token_id") or 0
+        tokens = torch.full((n, length), pad, dtype=torch.long)  # (N, T)
+        attention_mask = torch.zeros(n, length, dtype=torch.long)  # (N, T)
+        prompt_index = torch.zeros(n, length, dtype=torch.bool)  # (N, T)
+        for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+            first, end = self.start - len(prompt), self.start + len(answer)
+            tokens[row, first:self.start] = torch.tensor(prompt, dtype=torch.long)
+            tokens[row, self.start:end] = torch.tensor(answer, dtype=torch.long)
+            prompt_index[row, first:self.start] = True
+            attention_mask[row, first:end] = 1
+            if eos is not None:
+                tokens[row, end] = eos
+                attention_mask[row, end] = 1
+        self.tokens, self.attention_mask, self.prompt_index = tokens.to(device), attention_mask.to(device), prompt_index.to(device)
+        self.lengths = torch.tensor([len(a) for a in answers], device=device)  # (N,)
+        self.answer_mask = torch.arange(self.width, device=device)[None] < self.lengths[:, None]  # (N, W)
+        self.answer = self.tokens[:, self.start:self.start + self.width] * self.answer_mask  # (N, W)
+
+    def answer_log_probs(self, model, x: torch.Tensor, rows: torch.Tensor, cfg_scale: float, mask_id: int) -> torch.Tensor:
+        """`(n, W)` float32 log-probability of the true answer token at every answer column of canvases `x` `(n, T)`."""
+        guidance = guidance_for(cfg_scale, mask_id, self.prompt_index[rows])
+        guided_x, guided_mask = guidance.batch(x, self.attention_mask[rows])
+        out = model(input_ids=guided_x, attention_mask=guided_mask, logits_to_keep=slice(self.start, self.start + self.width))
+        logits = guidance.combine(out.logits if hasattr(out, "logits") else out[0]).float()  # (n, W, V)
+        return -F.cross_entropy(logits.transpose(1, 2), self.answer[rows], reduction="none")  # (n, W)
+
+
+def _generators(generator, seed, n: int) -> list:
+    """One generator (or None = torch's global RNG) per pair; a shared generator is drawn from in pair order."""
+    if generator is not None and seed is not None:
+        raise ValueError("Pass either `generator` or `seed`, not both.")
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"`seed` must be an integer, got {seed!r}.")
+        generator = torch.Generator().manual_seed(seed)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise ValueError(f"`generator` as a list needs one generator per pair ({n}), got {len(generator)}.")
+        return list(generator)
+    return [generator] * n
+
+
+def _check_mc(mc_num, mc_batch_size) -> int:
+    """The mini-batch size, after checking `mc_num` is a positive multiple of it."""
+    if not isinstance(mc_num, int) or isinstance(mc_num, bool) or mc_num < 1:
+        raise ValueError(f"`mc_num` must be a positive integer (LLaDA uses 128; 1 for one-token answers), got {mc_num!r}.")
+    if mc_batch_size is None:
+        mc_batch_size = min(DEFAULT_MC_BATCH_SIZE, mc_num)
+    if not isinstance(mc_batch_size, int) or isinstance(mc_batch_size, bool) or mc_batch_size < 1:
+        raise ValueError(f"`mc_batch_size` must be a positive integer, got {mc_batch_size!r}.")
+    if mc_num % mc_batch_size:
+        raise ValueError(
+            f"`mc_num` ({mc_num}) must be a multiple of `mc_batch_size` ({mc_batch_size}), the mini-batch over which the "
+            f"masked counts are stratified: use mc_num={mc_batch_size * max(1, round(mc_num / mc_batch_size))} or a "
+            f"mc_batch_size that divides {mc_num}."
+        )
+    return mc_batch_size
+
+
+def _check_cfg(cfg_scale):
+    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or cfg_scale < 0:
+        raise ValueError(f"`cfg_scale` must be a number >= 0 (0 = no guidance), got {cfg_scale!r}.")
+
+
+def stratified_masks(length: int, rounds: int, mc_batch_size: int, generator=None) -> torch.Tensor:
+    """`(rounds, mc_batch_size, length)` bool masks over one answer: LLaDA's lower-variance forward process.
+
+    Each round draws `k` uniformly from 1..L; its rows mask `round(k + j * L / mc_batch_size)` tokens (wrapped into
+    1..L) for j = 0..mc_batch_size-1, the positions chosen by a uniform random permutation.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    k = torch.randint(1, length + 1, (rounds, 1), generator=generator, device=device)  # (R, 1)
+    offsets = torch.arange(mc_batch_size, device=device, dtype=torch.float64) * (length / mc_batch_size)  # (b,)
+    counts = (torch.round(k + offsets).long() - 1) % length + 1  # (R, b), each in 1..L
+    scores = torch.rand(rounds, mc_batch_size, length, generator=generator, device=device)  # (R, b, L)
+    ranks = scores.argsort(-1).argsort(-1)  # (R, b, L): a random permutation per sample
+    return ranks < counts[..., None]
+
+
+# --- scorers ------------------------------------------------------------------------------------------------------
+
+def confidence_log_likelihood(
+    model,
+    prompts,
+    answers,
+    *,
+    cfg_scale: float = 0.0,
+    add_bos_token: bool = False,
+    padd_eos: bool = False,
+    mask_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """iLLaDA's deterministic confidence score of each answer given its prompt, as a `(N,)` float64 tensor.
+
+    Args:
+        model: a masked diffusion LM returning `.logits` (any model of this package).
+        prompts, answers: token ids, one sequence or a list of them (a single prompt is shared by every answer).
+        cfg_scale: classifier-free guidance scale (prompt masked in the unconditional pass), 0 = none.
+        add_bos_token: prepend BOS to each prompt (unless it already starts with it), as iLLaDA's harness does.
+        padd_eos: append one EOS after each sequence before every forward (it is never scored).
+        mask_token_id, bos_token_id, eos_token_id: override the ids from the generation config / model config.
+        max_length: the context limit; defaults to `config.max_position_embeddings`.
+    """
+    _check_cfg(cfg_scale)
+    mask_id = _required_id(model, "mask_token_id", mask_token_id, "Scoring")
+    layout = _Layout(model, prompts, answers, add_bos_token=add_bos_token, padd_eos=padd_eos,
+                     bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
+    return _confidence(model, layout, torch.arange(len(layout.lengths), device=layout.tokens.device), cfg_scale, mask_id)
+
+
+@torch.no_grad()
+def _confidence(model, layout: _Layout, rows: torch.Tensor, cfg_scale: float, mask_id: int) -> torch.Tensor:
+    answer_cols = slice(layout.start, layout.start + layout.width)
+    x = layout.tokens[rows].clone()  # (n, T)
+    still_masked = layout.answer_mask[rows].clone()  # (n, W)
+    x[:, answer_cols] = x[:, answer_cols].masked_fill(still_masked, mask_id)
+    total = torch.zeros(len(rows), dtype=torch.float64, device=x.device)  # (n,)
+    while True:
+        active = still_masked.any(-1).nonzero().squeeze(-1)  # rows with answer tokens left: one forward each
+        if active.numel() == 0:
+            return -total
+        log_probs = layout.answer_log_probs(model, x[active], rows[active], cfg_scale, mask_id)  # (a, W)
+        ce = (-log_probs).masked_fill(~still_masked[active], torch.inf)
+        best = ce.argmin(-1)  # (a,): the most confident position, measured against the true token
+        total[active] += ce.gather(1, best[:, None]).squeeze(1).double()
+        x[active, layout.start + best] = layout.answer[rows[active], best]
+        still_masked[active, best] = False
+
+
+def monte_carlo_log_likelihood(
+    model,
+    prompts,
+    answers,
+    *,
+    mc_num: int = DEFAULT_MC_NUM,
+    mc_batch_size: int | None = None,
+    cfg_scale: float = 0.0,
+    generator: torch.Generator | list | None = None,
+    seed: int | None = None,
+    add_bos_token: bool = False,
+    padd_eos: bool = False,
+    mask_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """LLaDA's Monte Carlo lower bound of log p(answer | prompt) for each pair, as a `(N,)` float64 tensor.
+
+    Args:
+        model, prompts, answers, cfg_scale, add_bos_token, padd_eos, *_token_id, max_length: as in
+            `confidence_log_likelihood`.
+        mc_num: Monte Carlo samples per pair (LLaDA: 128; one-token answers always take one exact forward).
+        mc_batch_size: samples per mini-batch, over which the masked counts are stratified; must divide `mc_num`.
+            Defaults to `min(32, mc_num)`. (Upstream calls it `batch_size`.) Each forward holds
+            `pairs x mc_batch_size` rows, doubled with CFG.
+        generator: a `torch.Generator` (drawn from pair by pair, in order), a list of one per pair, or None for
+            torch's global RNG. Randomness is drawn where the generator lives (CPU by default), so a seed gives the
+            same masks on every device.
+        seed: shorthand for `generator=torch.Generator().manual_seed(seed)`.
+    """
+    mc_batch_size = _check_mc(mc_num, mc_batch_size)
+    _check_cfg(cfg_scale)
+    mask_id = _required_id(model, "mask_token_id", mask_token_id, "Scoring")
+    layout = _Layout(model, prompts, answers, add_bos_token=add_bos_token, padd_eos=padd_eos,
+                     bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
+    return _monte_carlo(model, layout, _generators(generator, seed, len(layout.lengths)), mc_num, mc_batch_size,
+                        cfg_scale, mask_id)
+
+
+@torch.no_grad()
+def _monte_carlo(model, layout: _Layout, generators: list, mc_num: int, mc_batch_size: int, cfg_scale: float,
+                 mask_id: int) -> torch.Tensor:
+    device = layout.tokens.device
+    result = torch.zeros(len(layout.lengths), dtype=torch.float64, device=device)  # (N,)
+
+    exact = (layout.lengths == 1).nonzero().squeeze(-1)  # one-token answers: one mask, one forward
+    if exact.numel():
+        result[exact] = _confidence(model, layout, exact, cfg_scale, mask_id)
+    sampled = (layout.lengths > 1).nonzero().squeeze(-1)
+    if sampled.numel() == 0:
+        return result
+
+    rounds = mc_num // mc_batch_size
+    masks = torch.zeros(rounds, len(sampled), mc_batch_size, layout.width, dtype=torch.bool)  # (R, S, b, W)
+    for column, pair in enumerate(sampled.tolist()):  # every draw up front, pair by pair
+        length = int(layout.lengths[pair])
+        masks[:, column, :, :length] = stratified_masks(length, rounds, mc_batch_size, generators[pair]).cpu()
+    masks = masks.to(device)
+    rows = sampled.repeat_interleave(mc_batch_size)  # (S * b,): each pair's mini-batch of samples
+    weights = layout.lengths[rows].double()  # (S * b,): L, divided by the count below
+    answer_cols = slice(layout.start, layout.start + layout.width)
+    total = torch.zeros(len(sampled), dtype=torch.float64, device=device)  # (S,)
+    for r in range(rounds):
+        is_masked = masks[r].reshape(len(rows), layout.width)  # (S * b, W)
+        x = layout.tokens[rows].clone()  # (S * b, T)
+        x[:, answer_cols] = x[:, answer_cols].masked_fill(is_masked, mask_id)
+        log_probs = layout.answer_log_probs(model, x, rows, cfg_scale, mask_id)  # (S * b, W)
+        ce = (-log_probs).masked_fill(~is_masked, 0.0).sum(-1).double()  # (S * b,)
+        sample = ce * weights / is_masked.sum(-1)  # CE of the l masked tokens, times L / l
+        total += sample.view(len(sampled), mc_batch_size).sum(-1)
+    result[sampled] = -total / mc_num
+    return result
+
+
+SCORERS = {"mc": monte_carlo_log_likelihood, "confidence": confidence_log_likelihood}
+
+
+def log_likelihood(model, prompts, answers, scorer: str = "mc", **kwargs) -> torch.Tensor:
+    """log p(answer | prompt) for each pair with the named scorer: `"mc"` (LLaDA's Monte Carlo lower bound, the
+    default) or `"confidence"` (iLLaDA's deterministic scorer). Returns a `(N,)` float64 tensor; see the scorers
+    for their keyword arguments."""
+    if scorer not in SCORERS:
+        raise ValueError(f"Unknown `scorer` {scorer!r}; allowed: {sorted(SCORERS)}.")
+    function = SCORERS[scorer]
+    unknown = sorted(set(kwargs) - set(function.__kwdefaults__))
+    if unknown:
+        raise ValueError(f"The {scorer!r} scorer does not take {unknown}; it accepts {sorted(function.__kwdefaults__)}.")
+    return function(model, prompts, answers, **kwargs)
+
+
+# --- whole texts --------------------------------------------------------------------------------------------------
+
+def _windows(length: int, room: int) -> list[tuple[int, int, int]]:
+    """`(context_start, start, end)` windows over a text of `length` tokens: the first scores `[0, room)` with no
+    context, each later one scores the next `room // 2` tokens conditioned on the `room - (end - start)` before."""
+    if length <= room:
+        return [(0, 0, length)]
+    stride = max(1, room // 2)
+    windows = [(0, 0, room)]
+    for start in range(room, length, stride):
+        end = min(start + stride, length)
+        windows.append((max(0, end - room), start, end))
+    return windows
+
+
+def elbo(
+    model,
+    texts,
+    *,
+    mc_num: int = DEFAULT_MC_NUM,
+    mc_batch_size: int | None = None,
+    generator: torch.Generator | list | None = None,
+    seed: int | None = None,
+    add_bos_token: bool = False,
+    padd_eos: bool = False,
+    mask_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Monte Carlo ELBO of each whole text, a `(N,)` float64 tensor: a lower bound on log p(text), not the exact
+    log-likelihood (a masked diffusion LM has none in closed form).
+
+    A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`). A longer one is
+    cut into windows: the first `max_length` tokens, then chunks of half that, each scored conditioned on the tokens
+    just before it; the sum bounds the chain of those truncated-context conditionals. `generator` may be a list of
+    one generator per text. Other arguments are as in `monte_carlo_log_likelihood`.
+    """
+    texts = _as_sequences(texts, "texts")
+    generators = _generators(generator, seed, len(texts))
+    limit = max_length if max_length is not None else getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
+    prompts, answers, owners, window_generators = [], [], [], []
+    for index, text in enumerate(texts):
+        if not text:
+            raise ValueError(f"`texts[{index}]` is empty: there is nothing to score.")
+        room = len(text) if limit is None else limit - (bos is not None) - bool(padd_eos)
+        if room < 1:
+            raise ValueError(f"`max_length` ({limit}) leaves no room for text after BOS/EOS.")
+        for context_start, start, end in _windows(len(text), room):
+            context = text[context_start:start]
+            prompts.append(context if context else ([bos] if bos is not None else []))
+            answers.append(text[start:end])
+            owners.append(index)
+            window_generators.append(generators[index])
+    scores = monte_carlo_log_likelihood(
+        model, prompts, answers, mc_num=mc_num, mc_batch_size=mc_batch_size, generator=window_generators,
+        add_bos_token=False, padd_eos=padd_eos, mask_token_id=mask_token_id, eos_token_id=eos_token_id,
+        max_length=limit,
+    )
+    return torch.zeros(len(texts), dtype=torch.float64, device=scores.device).index_add_(
+        0, torch.tensor(owners, device=scores.device), scores
+    )
+
+
+class IlladaLikelihoodMixin:
+    """`model.log_likelihood(...)` and `model.elbo(...)` on the model classes: the functions above, bound."""
+
+    def log_likelihood(self, prompts, answers, scorer: str = "mc", **kwargs) -> torch.Tensor:
+        """log p(answer | prompt) per pair: `scorer="mc"` (LLaDA's Monte Carlo lower bound; `mc_num`,
+        `mc_batch_size`, `cfg_scale`, `generator`/`seed`, ...) or `"confidence"` (iLLaDA's deterministic scorer).
+        See `likelihood.monte_carlo_log_likelihood` and `likelihood.confidence_log_likelihood`."""
+        return log_likelihood(self, prompts, answers, scorer=scorer, **kwargs)
+
+    def elbo(self, texts, **kwargs) -> torch.Tensor:
+        """Monte Carlo ELBO (a lower bound on log p) of whole texts; see `likelihood.elbo`."""
+        return elbo(self, texts, **kwargs)
+
+
+__all__ = [
+    "SCORERS",
+    "log_likelihood",
+    "monte_carlo_log_likelihood",
+    "confidence_log_likelihood",
+    "elbo",
+    "stratified_masks",
+    "IlladaLikelihoodMixin",
+]
