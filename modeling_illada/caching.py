@@ -1,23 +1,105 @@
 """How each denoising step obtains logits for the block being denoised.
 
-A cache policy owns the model calls of one `generate()` run. `NoCache` is the reference computation: a full
-forward over the whole canvas at every step (LLaDA has no KV cache), projecting only the block's positions
-through the LM head, which is exact. Approximate policies that reuse keys/values across steps register here
-under their own names.
+A cache policy owns the model calls of one `generate()` run and is looked up by name in `CACHES`
+(generation-config knob `cache`):
+
+* `none` (`NoCache`, exact, LLaDA's computation): a full forward over the whole canvas at every step, projecting
+  only the block's positions through the LM head.
+* `prefix` (`PrefixCache`, approximate, Fast-dLLM's PrefixCache): one full forward when a block starts keeps every
+  layer's keys/values; later steps of the block feed only the block and everything after it, and attend to the
+  prefix (prompt and finished blocks) through the kept keys/values.
+* `dual` (`DualCache`, approximate, Fast-dLLM's DualCache): the same refresh, but later steps feed only the block;
+  the prefix and the masked suffix are both read from the kept keys/values.
+
+Differs from transformers' caches: a diffusion canvas is not append-only. `CanvasKeyValues` holds keys/values for
+every position of the canvas; a cached forward feeds a window of columns and writes its new keys/values into that
+window in place, so attention always spans the whole canvas (fresh inside the window, as of the refresh outside
+it). It honours the `Cache.update(key, value, layer_idx)` contract the attention modules call, and reports the key
+length through `get_mask_sizes`, which the model reads. Batches, left padding (the 2-D mask and `position_ids` are
+sliced like the input) and CFG's doubled batch need nothing special: every row keeps its own keys/values.
+
+Exactness: a cached step equals `none` when nothing outside its window changed since the refresh. That holds at
+the refresh itself, and at every step of a one-layer model (its keys/values depend only on token and position);
+with more layers, stale keys/values of the prefix (and suffix) make later steps of a block approximate.
+
+Every policy counts `forward_passes`, `positions_processed` (query positions fed to the model, summed over the rows,
+CFG's unconditional rows included) and `refreshes` (full forwards made to fill a cache).
 """
 
 import torch
+
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class CanvasLayer(CacheLayerMixin):
+    """One layer's keys/values over the whole canvas, `(B', H_kv, L, D)`, overwritten in place window by window."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, canvas: "CanvasKeyValues"):
+        super().__init__()
+        self.canvas = canvas
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:  # the refresh: the whole canvas was fed, keep it
+            self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states  # (B', H_kv, L, D)
+            return self.keys, self.values
+        start = self.canvas.window_start
+        end = start + key_states.shape[-2]
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        return self.keys, self.values
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """Keys attended to: the whole canvas once filled (not `past + query`, as an appending cache would say)."""
+        return (self.keys.shape[-2] if self.is_initialized else query_length), 0
+
+    def get_seq_length(self) -> int:
+        """Positions before the fed window: the cached prefix (so default positions start there)."""
+        return self.canvas.window_start if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
+
+
+class CanvasKeyValues(Cache):
+    """Per-layer `CanvasLayer`s sharing one `window_start`: the canvas column of the first fed position."""
+
+    def __init__(self, num_layers: int):
+        self.window_start = 0
+        super().__init__(layers=[CanvasLayer(self) for _ in range(num_layers)])
 
 
 class NoCache:
     """Recompute every position at every step; logits only for `[block_start, block_end)`."""
 
     name = "none"
+    exact = True
 
     def __init__(self, model, **kwargs):
         self.model = model
         self.forward_passes = 0
         self.positions_processed = 0
+        self.refreshes = 0
+
+    def _forward(self, input_ids, attention_mask, position_ids, keep, past_key_values=None) -> torch.Tensor:
+        self.forward_passes += 1
+        self.positions_processed += input_ids.numel()
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, logits_to_keep=keep,
+        )
+        return out.logits
 
     def logits(
         self,
@@ -29,13 +111,46 @@ class NoCache:
         step: int,
     ) -> torch.Tensor:
         """`(B', block_end - block_start, V)` logits for the block, given the whole canvas `x` `(B', L)`."""
-        self.forward_passes += 1
-        self.positions_processed += x.shape[0] * x.shape[1]
-        out = self.model(
-            input_ids=x, attention_mask=attention_mask, position_ids=position_ids,
-            logits_to_keep=slice(block_start, block_end),
+        return self._forward(x, attention_mask, position_ids, slice(block_start, block_end))
+
+
+class PrefixCache(NoCache):
+    """Fast-dLLM PrefixCache: refresh when a block starts, then feed `[block_start, L)` and reuse the prefix."""
+
+    name = "prefix"
+    exact = False
+
+    def __init__(self, model, **kwargs):
+        super().__init__(model)
+        self.store = CanvasKeyValues(model.config.num_hidden_layers)
+        self._filled_for = None  # (block_start, canvas shape) of the last refresh
+
+    def window_end(self, block_end: int, length: int) -> int:
+        """Last fed column (exclusive) of a cached step: the block and the whole suffix."""
+        return length
+
+    def logits(self, x, attention_mask, position_ids, block_start, block_end, step):
+        if self._filled_for != (block_start, tuple(x.shape)):  # a new block (or a grown canvas): refresh
+            self._filled_for = (block_start, tuple(x.shape))
+            self.refreshes += 1
+            self.store.reset()
+            self.store.window_start = 0
+            return self._forward(x, attention_mask, position_ids, slice(block_start, block_end), self.store)
+        end = self.window_end(block_end, x.shape[1])
+        self.store.window_start = block_start
+        return self._forward(  # the 2-D mask still spans the whole canvas: it masks the keys
+            x[:, block_start:end], attention_mask, position_ids[:, block_start:end],
+            slice(0, block_end - block_start), self.store,
         )
-        return out.logits
 
 
-CACHES = {"none": NoCache}
+class DualCache(PrefixCache):
+    """Fast-dLLM DualCache: refresh when a block starts, then feed only the block; prefix and suffix are reused."""
+
+    name = "dual"
+
+    def window_end(self, block_end: int, length: int) -> int:
+        return block_end
+
+
+CACHES = {policy.name: policy for policy in (NoCache, PrefixCache, DualCache)}

@@ -380,7 +380,9 @@ class IlladaModel(IlladaPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)  # (B, L, d)
         batch, q_len = inputs_embeds.shape[:2]
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        kv_len = past_len + q_len
+        kv_len = past_len + q_len  # an appending cache; one that writes in place says so through get_mask_sizes
+        if hasattr(past_key_values, "get_mask_sizes"):
+            kv_len = past_key_values.get_mask_sizes(q_len, 0)[0]
         mask = _prepare_attention_mask(attention_mask, batch, q_len, kv_len, inputs_embeds.dtype)
 
         if position_ids is None:

@@ -1,0 +1,229 @@
+"""Fast sampling: cache policies (`caching.py`), parallel decoding, and the exact savings of `generate()`.
+
+Oracles: `NoCache` (a full forward) where a cache is exact; for the approximate steps, one forward of the model over
+[canvas as of the refresh ; the fed window] with a 4-D mask, which spells out what a cached step must see (fresh
+keys inside its window, the refresh's keys outside it); and a plain step-by-step sampler written out here.
+"""
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from fake_denoiser import FakeDenoiser
+from modeling_illada import IlladaGenerationConfig
+from modeling_illada.caching import CACHES, DualCache, NoCache, PrefixCache
+from modeling_illada.schedules import SCHEDULES
+
+MASK, EOS = 3, 2
+CACHED = ["prefix", "dual"]
+
+
+def padded_canvas(prompt_lengths=(6, 3), new=12, seed=0):
+    """A left-padded batch of prompts followed by `new` masks: `(x, 2-D mask, position_ids)`."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(prompt_lengths)
+    rows, masks = [], []
+    for n in prompt_lengths:
+        prompt = torch.randint(4, 64, (n,), generator=generator)
+        rows.append(torch.cat([torch.full((width - n,), 1), prompt, torch.full((new,), MASK)]))
+        masks.append(torch.cat([torch.zeros(width - n, dtype=torch.long), torch.ones(n + new, dtype=torch.long)]))
+    x, mask = torch.stack(rows), torch.stack(masks)  # (B, L)
+    return x, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def stale_reference(model, refreshed, x, mask, positions, start, end):
+    """Logits of `x[:, start:end]` when every column outside `[start, end)` is seen as it was in `refreshed`.
+
+    One forward over `[refreshed ; x[:, start:end]]`: the first copy attends bidirectionally to itself (the refresh);
+    the window copy attends to the refresh's columns outside the window and to itself, at the window's positions.
+    """
+    length, window = x.shape[1], end - start
+    keys_real = torch.cat([mask, torch.ones(x.shape[0], window, dtype=torch.long)], 1).bool()  # (B, L + W)
+    allowed = torch.zeros(length + window, length + window, dtype=torch.bool)
+    allowed[:length, :length] = True
+    allowed[length:, :start] = True
+    allowed[length:, end:length] = True
+    allowed[length:, length:] = True
+    four_d = allowed[None, None] & keys_real[:, None, None, :]  # (B, 1, L + W, L + W)
+    ids = torch.cat([refreshed, x[:, start:end]], 1)
+    pos = torch.cat([positions, positions[:, start:end]], 1)
+    return model(input_ids=ids, attention_mask=four_d, position_ids=pos).logits[:, length:]
+
+
+def reveal_some(x, start, end, generator_seed=1):
+    """A later canvas of the same block: half of its masks revealed with random tokens."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    x = x.clone()
+    columns = torch.arange(start, end)[::2]
+    x[:, columns] = torch.randint(4, 64, (x.shape[0], len(columns)), generator=generator)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- logits
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_refresh_step_logits_equal_uncached(name):
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, positions = padded_canvas()
+    for start in (6, 10):  # two blocks: each starts with a refresh
+        cached = CACHES[name](model).logits(x, mask, positions, start, start + 4, 0)
+        plain = NoCache(model).logits(x, mask, positions, start, start + 4, 0)
+        assert cached.shape == (2, 4, 64)
+        torch.testing.assert_close(cached, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("policy,window_end", [(PrefixCache, lambda end, length: length), (DualCache, lambda end, length: end)])
+def test_cached_steps_see_fresh_window_and_refreshed_rest(policy, window_end):
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, positions = padded_canvas()
+    start, end = 10, 14
+    cache = policy(model)
+    cache.logits(x, mask, positions, start, end, 0)  # refresh
+    later = reveal_some(x, start, end)
+    cached = cache.logits(later, mask, positions, start, end, 1)
+    w_end = window_end(end, x.shape[1])
+    reference = stale_reference(model, x, later, mask, positions, start, w_end)[:, : end - start]
+    torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+    # ... and it is an approximation: with two layers, a full forward of the new canvas differs
+    plain = NoCache(model).logits(later, mask, positions, start, end, 1)
+    assert not torch.allclose(cached, plain, atol=1e-4)
+    # counters: one refresh over the canvas, then only the window, per row
+    assert (cache.forward_passes, cache.refreshes) == (2, 1)
+    assert cache.positions_processed == x.numel() + x.shape[0] * (w_end - start)
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_cached_steps_are_exact_for_a_one_layer_model(name):
+    # one layer: keys/values depend only on token and position, so nothing outside the window goes stale
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False)
+    x, mask, positions = padded_canvas()
+    cache = CACHES[name](model)
+    cache.logits(x, mask, positions, 10, 14, 0)
+    later = reveal_some(x, 10, 14)
+    torch.testing.assert_close(
+        cache.logits(later, mask, positions, 10, 14, 1), NoCache(model).logits(later, mask, positions, 10, 14, 1),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- generate
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_one_layer_cached_generation_is_token_identical(name, cfg_scale):
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=4, cfg_scale=cfg_scale,
+                 eos_early_stop=False, return_dict_in_generate=True)
+    plain = model.generate(x, **knobs)
+    cached = model.generate(x, cache=name, **knobs)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert cached.num_forward_passes == plain.num_forward_passes == 12
+    assert cached.num_positions_processed < plain.num_positions_processed
+
+
+@pytest.mark.parametrize("name", CACHED)
+def test_cached_left_padded_cfg_batch_matches_each_prompt_alone(name):
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(max_new_tokens=12, steps=12, block_length=4, cfg_scale=1.0, cache=name)
+    together = model.generate(x, attention_mask=mask, **knobs)
+    for row, n in enumerate((6, 3)):
+        alone = model.generate(x[row : row + 1, -n:], **knobs)
+        assert torch.equal(together[row, -(n + 12) :], alone[0])
+    assert torch.equal(together[1, :3], torch.full((3,), 1))  # padding untouched
+
+
+@pytest.mark.parametrize("cache", ["none", *CACHED])
+def test_threshold_one_reduces_to_plain_one_token_per_step(cache):
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (2, 4), generator=torch.Generator().manual_seed(3))
+    knobs = dict(max_new_tokens=8, block_length=4, cache=cache, eos_early_stop=False, return_dict_in_generate=True)
+    plain = model.generate(prompt, steps=8, **knobs)
+    parallel = model.generate(prompt, threshold=1.0, **knobs)
+    assert torch.equal(parallel.sequences, plain.sequences)
+    assert parallel.num_forward_passes == 8 and parallel.tokens_per_forward == 1.0
+
+
+def test_parallel_decoding_uses_a_0_9_threshold():
+    # p(target) = e^s / (e^s + 63): s=8 -> 0.98 (above 0.9), s=5 -> 0.70 (below)
+    strengths = [8.0 if i % 2 else 5.0 for i in range(64)]
+    model = FakeDenoiser([10 + i for i in range(64)], strengths)
+    seen = []
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=8, parallel_decoding=True, on_step=seen.append,
+                         return_dict_in_generate=True)
+    first = seen[0].revealed[0].nonzero().flatten().tolist()
+    assert first == [3, 5, 7, 9]  # every confident (odd) position at once
+    assert out.num_forward_passes == 1 + 4  # then the unconfident ones, one per step
+    assert out.sequences[0, 2:].tolist() == [12 + i for i in range(8)]
+    explicit = FakeDenoiser([10 + i for i in range(64)], strengths)
+    stricter = explicit.generate(torch.tensor([[20, 21]]), max_new_tokens=8, parallel_decoding=True, threshold=0.99,
+                                 return_dict_in_generate=True)
+    assert stricter.num_forward_passes == 8  # an explicit threshold wins
+
+
+def plain_sampler(model, prompt, new, block, steps, schedule, eos=None):
+    """LLaDA's loop written out: every scheduled step runs a full forward, even one that reveals nothing."""
+    x = torch.cat([prompt, torch.full((prompt.shape[0], new), MASK)], 1)
+    forwards = 0
+    for start in range(prompt.shape[1], x.shape[1], block):
+        counts = SCHEDULES[schedule]((x[:, start : start + block] == MASK).sum(-1), steps)  # (B, steps)
+        for step in range(steps):
+            logits = model(x).logits[:, start : start + block]
+            forwards += 1
+            x0 = logits.argmax(-1)
+            confidence = logits.softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+            confidence = confidence.masked_fill(x[:, start : start + block] != MASK, -torch.inf)
+            for row in range(x.shape[0]):
+                top = confidence[row].topk(int(counts[row, step])).indices
+                x[row, start + top] = x0[row, top]
+    return x, forwards
+
+
+def test_steps_that_reveal_nothing_run_no_forward():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (2, 4), generator=torch.Generator().manual_seed(5))
+    reference, reference_forwards = plain_sampler(model, prompt, new=16, block=8, steps=8, schedule="cosine")
+    out = model.generate(prompt, max_new_tokens=16, steps=16, block_length=8, schedule="cosine",
+                         eos_early_stop=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, reference)
+    zero_steps = int((SCHEDULES["cosine"](torch.tensor([8]), 8) == 0).sum()) * 2  # per block, two blocks
+    assert zero_steps > 0 and out.num_forward_passes == reference_forwards - zero_steps
+
+
+def test_early_stop_is_exact_up_to_the_first_end_token_on_a_real_model():
+    model = tiny_model(tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 4), generator=torch.Generator().manual_seed(7))
+    knobs = dict(max_new_tokens=24, steps=24, block_length=8, return_dict_in_generate=True)
+    plain = model.generate(prompt, eos_early_stop=False, **knobs)
+    end_token = int(plain.sequences[0, 4 + 9])  # call a token of the second block "EOS"
+    first = int((plain.sequences[0, 4:] == end_token).nonzero()[0])
+    plain = model.generate(prompt, eos_early_stop=False, eos_token_id=end_token, **knobs)
+    early = model.generate(prompt, eos_token_id=end_token, **knobs)
+    assert first < 16 and torch.equal(early.sequences[0, : 4 + first + 1], plain.sequences[0, : 4 + first + 1])
+    assert early.num_forward_passes == (first // 8 + 1) * 8 < plain.num_forward_passes == 24
+
+
+# ----------------------------------------------------------------------------------------------- knobs
+
+
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        (dict(cache="kv"), "'dual', 'none', 'prefix'"),
+        (dict(parallel_decoding="yes"), "parallel_decoding"),
+        (dict(parallel_decoding=True, threshold=0.0), "threshold"),
+    ],
+)
+def test_bad_cache_knobs_name_the_parameter(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        IlladaGenerationConfig(**knobs)
+    with pytest.raises(ValueError, match=message):
+        tiny_model().generate(torch.randint(4, 64, (1, 3)), max_new_tokens=4, **knobs)
+
+
+def test_parallel_decoding_needs_no_steps_divisibility():
+    config = IlladaGenerationConfig(max_new_tokens=8, block_length=4, steps=3, parallel_decoding=True, cache="dual")
+    assert config.parallel_decoding and config.cache == "dual"
