@@ -20,6 +20,7 @@ from .modeling_illada import (
     IlladaPreTrainedModel,
     LladaForMaskedDiffusion,
 )
+from .demo import demo_model_path
 from .presets import list_presets, load_preset
 
 __version__ = "0.1.0"
@@ -51,4 +52,5 @@ __all__ = [
     "DenoisingStep",
     "list_presets",
     "load_preset",
+    "demo_model_path",
 ]

@@ -1,0 +1,527 @@
+"""Training masked diffusion LMs on the plain `transformers.Trainer` (library-only: no Hub file imports this).
+
+The masked-diffusion objective is split so that nothing in the Trainer needs forking:
+
+* the *forward process* runs in the data collator: it draws one time t per sequence, masks each token with
+  probability p = (1 - eps) t + eps and emits `input_ids` (x_t), `labels` (x_0 at masked positions, -100
+  elsewhere) and `loss_weights` (1 / p already divided by the normaliser);
+* the model's `forward` turns these into `sum(CE * loss_weights)` (`diffusion.masked_diffusion_loss`).
+
+So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model. Differences from LLaDA's
+published recipe (GUIDELINES.md) are options, not changes: t may be stratified across the batch (MDLM's
+low-discrepancy sampler), and the whole batch is cut to a random length with probability `random_length_prob`
+(LLaDA: 1%).
+
+Notation (code -> LLaDA paper): `x0` -> x_0, the clean tokens; `noisy` -> x_t; `p` -> p_mask;
+`noisable` -> positions the forward process may mask (all for pretraining, the answer for SFT).
+
+Also here: corpora (plain text packed with EOS between documents; JSONL chats through the chat template), a
+byte-level BPE tokenizer trained with `tokenizers` (mask token registered as `mask_token`, a small chat
+template), and `train()`, which drives `transformers.Trainer` and writes Hub-native checkpoints.
+"""
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EPS = 1e-3  # LLaDA / MDLM: p_mask = (1 - eps) t + eps, so no sequence is left entirely clean
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. The forward process
+
+
+def uniform_times(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """t ~ U[0, 1) independently per sequence (LLaDA)."""
+    return torch.rand(batch, generator=generator)  # (B,)
+
+
+def stratified_times(batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uniform u, then t_i = (u + i) / B in a random order: the batch covers [0, 1) evenly (MDLM's
+    low-discrepancy sampler; same expectation, lower variance)."""
+    u = torch.rand(1, generator=generator)
+    t = (u + torch.arange(batch)) / batch  # (B,)
+    return t[torch.randperm(batch, generator=generator)]
+
+
+TIME_SAMPLING = {"uniform": uniform_times, "stratified": stratified_times}
+
+
+def mask_probability(t: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """p_mask = (1 - eps) t + eps."""
+    return (1 - eps) * t + eps
+
+
+def forward_process(x0, p, mask_token_id: int, noisable=None, generator=None):
+    """Mask each token of `x0` `(B, L)` independently with probability `p` `(B,)`, only where `noisable`.
+
+    Returns `(noisy, masked)`: x_t `(B, L)` and the bool mask of replaced positions `(B, L)`."""
+    draws = torch.rand(x0.shape, generator=generator)  # (B, L)
+    masked = draws < p[:, None]
+    if noisable is not None:
+        masked &= noisable
+    return torch.where(masked, torch.full_like(x0, mask_token_id), x0), masked
+
+
+@dataclass
+class MaskedDiffusionCollator:
+    """Shared part of the collators: draw t, noise x_0 and build `labels` / `loss_weights`.
+
+    Args:
+        mask_token_id: the id written over masked positions.
+        eps: floor of the masking probability.
+        time_sampling: how t is drawn across the batch, one of `TIME_SAMPLING` (`"stratified"`, `"uniform"`).
+        generator: a `torch.Generator` for reproducible noise; `None` uses torch's global RNG (which the Trainer
+            seeds and restores on resume).
+    """
+
+    mask_token_id: int
+    eps: float = EPS
+    time_sampling: str = "stratified"
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.mask_token_id, int) or isinstance(self.mask_token_id, bool) or self.mask_token_id < 0:
+            raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
+        if self.time_sampling not in TIME_SAMPLING:
+            raise ValueError(f"Unknown `time_sampling` {self.time_sampling!r}; allowed: {sorted(TIME_SAMPLING)}.")
+        if not 0 < self.eps < 1:
+            raise ValueError(f"`eps` must lie in (0, 1), got {self.eps!r}.")
+
+    def corrupt(self, x0: torch.Tensor, noisable: torch.Tensor, normaliser: torch.Tensor | float) -> dict:
+        """Apply the forward process to `x0` `(B, L)`; `normaliser` is a scalar or `(B, 1)`."""
+        t = TIME_SAMPLING[self.time_sampling](x0.shape[0], self.generator)  # (B,)
+        p = mask_probability(t, self.eps)  # (B,)
+        noisy, masked = forward_process(x0, p, self.mask_token_id, noisable, self.generator)
+        labels = torch.where(masked, x0, torch.full_like(x0, -100))  # (B, L)
+        loss_weights = masked.float() / p[:, None] / normaliser  # (B, L)
+        return {"input_ids": noisy, "labels": labels, "loss_weights": loss_weights}
+
+
+@dataclass
+class PretrainCollator(MaskedDiffusionCollator):
+    """Pretraining batches: features are `{"input_ids": [L ids]}` of equal length (packed text).
+
+    The loss is `sum_masked CE / p` divided by batch x length, all positions counted (LLaDA). With probability
+    `random_length_prob` the whole batch is cut to a length drawn uniformly from [1, L] (LLaDA uses 0.01), so
+    the model also sees short sequences."""
+
+    random_length_prob: float = 0.0
+
+    def __call__(self, features: list[dict]) -> dict:
+        x0 = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)  # (B, L)
+        if self.random_length_prob and torch.rand(1, generator=self.generator).item() < self.random_length_prob:
+            x0 = x0[:, : int(torch.randint(1, x0.shape[1] + 1, (1,), generator=self.generator))]
+        batch, length = x0.shape
+        return self.corrupt(x0, torch.ones_like(x0, dtype=torch.bool), batch * length)
+
+
+@dataclass
+class SFTCollator(MaskedDiffusionCollator):
+    """SFT batches: features are `{"input_ids": prompt + answer + EOS, "prompt_length": int}`.
+
+    Rows are padded to the longest with EOS, and the padding is part of the answer (visible, trained: the model
+    learns to stop), as in LLaDA. The prompt is never masked. Each row's loss is normalised by its answer length
+    (padding included) and the batch by its size: `sum_masked CE / p / answer_length / B`."""
+
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.eos_token_id, int) or self.eos_token_id < 0:
+            raise ValueError(f"`eos_token_id` must be a non-negative integer (answers are padded with EOS), got {self.eos_token_id!r}.")
+
+    def __call__(self, features: list[dict]) -> dict:
+        length = max(len(f["input_ids"]) for f in features)
+        x0 = torch.full((len(features), length), self.eos_token_id, dtype=torch.long)  # (B, L)
+        for row, f in enumerate(features):
+            x0[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"], dtype=torch.long)
+        prompt_length = torch.tensor([f["prompt_length"] for f in features])  # (B,)
+        noisable = torch.arange(length)[None, :] >= prompt_length[:, None]  # (B, L)
+        answer_length = (length - prompt_length).clamp(min=1)[:, None].float()  # (B, 1)
+        return self.corrupt(x0, noisable, answer_length * len(features))
+
+
+OBJECTIVES = {"pretrain": PretrainCollator, "sft": SFTCollator}
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Tokenizer
+
+SPECIAL_TOKENS = {"bos_token": "<|bos|>", "pad_token": "<|pad|>", "eos_token": "<|eos|>", "mask_token": "<|mask|>"}
+CHAT_TOKENS = ["<|start|>", "<|end|>", "<|eot|>"]
+# LLaDA's chat layout with shorter names: <bos><|start|>role<|end|>\ncontent<|eot|> ... <|start|>assistant<|end|>\n
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start|>{{ message['role'] }}<|end|>\n"
+    "{{ message['content'] }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|start|>assistant<|end|>\n{% endif %}"
+)
+
+
+def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2):
+    """A byte-level BPE tokenizer trained on `texts` with `tokenizers`, wrapped for transformers.
+
+    Ids 0-3 are bos, pad, eos, mask (iLLaDA's order for the first three), then the chat tokens; the mask token
+    is registered as `tokenizer.mask_token`, and `CHAT_TEMPLATE` is set so SFT and chat work."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values()) + CHAT_TOKENS
+    if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
+        raise ValueError(f"`vocab_size` must be an integer >= {256 + len(specials)} (256 bytes + special tokens), got {vocab_size!r}.")
+    texts = list(texts)
+    if not any(t.strip() for t in texts):
+        raise ValueError("Cannot train a tokenizer on an empty corpus.")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, extra_special_tokens=CHAT_TOKENS, chat_template=CHAT_TEMPLATE, **SPECIAL_TOKENS
+    )
+
+
+def check_tokenizer(tokenizer, sft: bool = False):
+    """Refuse a tokenizer the objective cannot use, naming what is missing."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            "The tokenizer has no mask token (`tokenizer.mask_token` is None): masked diffusion needs one. Register it "
+            "with `tokenizer.add_special_tokens({'mask_token': '<|mask|>'})` (and resize the model's embeddings), or "
+            "train a tokenizer with `train_tokenizer` / `illada train --train-tokenizer VOCAB`."
+        )
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no EOS token (`tokenizer.eos_token` is None): documents are packed with EOS between them.")
+    if sft and not tokenizer.chat_template:
+        raise ValueError("SFT data goes through the tokenizer's chat template, but `tokenizer.chat_template` is not set.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. Corpora
+
+
+def _files(paths) -> list[Path]:
+    files = []
+    for path in [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"Data path {str(path)!r} does not exist.")
+    return files
+
+
+def read_documents(paths, separator: str | None = None) -> list[str]:
+    """Documents from plain text files (folders are read recursively). Each file is one document, or, with
+    `separator`, the text between lines equal to it (e.g. `"%"` for fortune files). Empty documents are dropped;
+    a corpus with none is an error."""
+    documents = []
+    for path in _files(paths):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if separator is None:
+            parts = [text]
+        else:
+            parts, current = [], []
+            for line in text.splitlines():
+                if line.strip() == separator:
+                    parts.append("\n".join(current))
+                    current = []
+                else:
+                    current.append(line)
+            parts.append("\n".join(current))
+        documents += [p.strip("\n") for p in parts if p.strip()]
+    if not documents:
+        raise ValueError(f"The corpus is empty: no text in {[str(p) for p in _files(paths)] or paths}.")
+    return documents
+
+
+def split_documents(documents: list, eval_fraction: float) -> tuple[list, list]:
+    """A deterministic train / held-out split by a hash of each document (order-independent; duplicates land on
+    the same side). With at least two documents, each side gets one."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"`eval_fraction` must lie in [0, 1), got {eval_fraction!r}.")
+    if eval_fraction == 0:
+        return list(documents), []
+    key = lambda d: zlib.crc32(json.dumps(d, sort_keys=True).encode()) / 2**32  # noqa: E731
+    train = [d for d in documents if key(d) >= eval_fraction]
+    heldout = [d for d in documents if key(d) < eval_fraction]
+    if len(documents) >= 2 and not heldout:
+        heldout, train = train[-1:], train[:-1]
+    if len(documents) >= 2 and not train:
+        train, heldout = heldout[:1], heldout[1:]
+    return train, heldout
+
+
+def pack_documents(documents: list[str], tokenizer, seq_length: int) -> list[dict]:
+    """Tokenise, join with EOS after every document and cut into `seq_length` chunks (the tail is dropped)."""
+    if not isinstance(seq_length, int) or seq_length < 1:
+        raise ValueError(f"`seq_length` must be a positive integer, got {seq_length!r}.")
+    stream = []
+    for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]:
+        stream += ids + [tokenizer.eos_token_id]
+    if len(stream) < seq_length:
+        raise ValueError(f"The corpus has {len(stream)} tokens, fewer than one sequence of `seq_length` {seq_length}.")
+    return [{"input_ids": stream[i : i + seq_length]} for i in range(0, len(stream) - seq_length + 1, seq_length)]
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def read_conversations(paths) -> list[list[dict]]:
+    """Chats from JSONL files: one conversation per line, `{"messages": [{"role", "content"}, ...]}` (or the bare
+    list), roles among `ROLES`, ending with an assistant turn (the answer that is trained)."""
+    conversations = []
+    for path in _files(paths):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg}).") from None
+            messages = record.get("messages") if isinstance(record, dict) else record
+            valid = (
+                isinstance(messages, list) and len(messages) >= 2
+                and all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages)
+                and messages[-1]["role"] == "assistant"
+            )
+            if not valid:
+                raise ValueError(
+                    f"{where}: not a conversation. Expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}} "
+                    f"with at least two turns, roles among {list(ROLES)}, string contents, and an assistant turn last."
+                )
+            conversations.append([{"role": m["role"], "content": m["content"]} for m in messages])
+    if not conversations:
+        raise ValueError(f"The SFT corpus is empty: no conversation in {[str(p) for p in _files(paths)]}.")
+    return conversations
+
+
+def encode_conversation(tokenizer, messages: list[dict], seq_length: int) -> dict:
+    """`{"input_ids": prompt + answer + EOS, "prompt_length"}` for one chat; the answer is the last assistant
+    turn, cut to fit `seq_length`. A prompt that leaves no room for an answer is an error."""
+    prompt_text = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    if full[: len(prompt)] != prompt:
+        raise ValueError("The tokenizer's chat template does not render the prompt as a prefix of the conversation.")
+    if len(prompt) >= seq_length:
+        raise ValueError(f"A prompt has {len(prompt)} tokens, which leaves no room for its answer within `seq_length` {seq_length}.")
+    answer = (full[len(prompt) :] + [tokenizer.eos_token_id])[: seq_length - len(prompt)]
+    return {"input_ids": prompt + answer, "prompt_length": len(prompt)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. Model and generation config for a run
+
+
+def model_config(tokenizer, seq_length: int, preset: str | None = None, config: dict | str | None = None):
+    """`(config, generation_config)` for a new model: a preset and/or a dict (or path to a config.json) of
+    `IlladaConfig` fields; the vocabulary and special ids come from the tokenizer."""
+    from .configuration_illada import IlladaConfig
+    from .generation_illada import IlladaGenerationConfig
+    from .presets import load_preset
+
+    if isinstance(config, (str, os.PathLike)):
+        config = json.loads(Path(config).read_text()) if Path(config).is_file() else json.loads(config)
+    fields = {k: v for k, v in (config or {}).items() if not k.startswith("_") and k not in ("architectures", "auto_map", "transformers_version")}
+    fields.update(
+        mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=max(int(fields.get("vocab_size") or 0), len(tokenizer)),
+    )
+    if preset is not None:
+        cfg, generation = load_preset(preset, **{k: v for k, v in fields.items() if k != "model_type"})
+        generation = generation.merged()
+    else:
+        fields.pop("model_type", None)
+        cfg, generation = IlladaConfig(**fields), IlladaGenerationConfig(max_new_tokens=64, steps=64, block_length=32)
+    if seq_length > cfg.max_position_embeddings:
+        raise ValueError(
+            f"`seq_length` {seq_length} exceeds the model's context (`max_position_embeddings` = "
+            f"{cfg.max_position_embeddings}); use a shorter sequence length or a larger context."
+        )
+    eot = tokenizer.convert_tokens_to_ids("<|eot|>") if "<|eot|>" in tokenizer.get_vocab() else None
+    generation.update(mask_token_id=cfg.mask_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
+                      bos_token_id=cfg.bos_token_id, eot_token_id=eot)
+    return cfg, generation
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. The training driver
+
+RECIPE_FILE = "illada_train.json"  # the arguments of the run and its results, written beside the weights
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
+    """Refuse a non-empty output folder unless asked; return the checkpoint to resume from (or None)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume:
+        checkpoint = get_last_checkpoint(str(output_dir)) if resume is True and output_dir.is_dir() else resume
+        if checkpoint is True or checkpoint is None or not Path(checkpoint).is_dir():
+            raise ValueError(f"`resume`: no checkpoint to resume from in {str(output_dir)!r} (looked for checkpoint-N folders).")
+        return str(checkpoint)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise ValueError(
+            f"The output folder {str(output_dir)!r} exists and is not empty: pass `overwrite=True` (--overwrite) to "
+            "write into it, or `resume=True` (--resume) to continue its last checkpoint."
+        )
+    return None
+
+
+def train(
+    output_dir,
+    data=(),
+    sft=(),
+    eval_data=(),
+    eval_fraction: float = 0.02,
+    doc_separator: str | None = None,
+    model: str | None = None,
+    tokenizer=None,
+    train_tokenizer_vocab: int | None = None,
+    preset: str | None = None,
+    config: dict | str | None = None,
+    seq_length: int = 256,
+    batch_size: int = 16,
+    gradient_accumulation_steps: int = 1,
+    max_steps: int = 1000,
+    learning_rate: float = 1e-3,
+    warmup_steps: int = 100,
+    lr_scheduler: str = "cosine",
+    weight_decay: float = 0.1,
+    time_sampling: str = "stratified",
+    random_length_prob: float = 0.01,
+    eval_steps: int = 200,
+    save_steps: int = 200,
+    save_total_limit: int = 2,
+    logging_steps: int = 20,
+    seed: int = 0,
+    overwrite: bool = False,
+    resume=None,
+    disable_tqdm: bool = False,
+    callbacks=None,
+):
+    """Train a masked diffusion LM with `transformers.Trainer` and save it Hub-native in `output_dir`.
+
+    Pretraining reads plain text (`data`: files or folders, documents packed with EOS between them; split by
+    `doc_separator` lines); SFT reads JSONL chats (`sft`). Held-out data is `eval_data`, or else a deterministic
+    `eval_fraction` of the documents; its loss is reported every `eval_steps`. The model is new (from `preset`
+    and/or `config` fields) or loaded from `model`; the tokenizer is `tokenizer` (a folder, Hub id or object),
+    the model's, or one trained here with `train_tokenizer_vocab` tokens. Checkpoints (`checkpoint-N`) and the
+    final folder hold config + safetensors + our code + auto_map, the tokenizer and generation_config.json.
+    A non-empty `output_dir` is refused unless `overwrite` or `resume` (True: the last checkpoint; or a path).
+    Returns the `Trainer`.
+    """
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from .modeling_illada import IlladaForMaskedDiffusion
+
+    started = time.time()
+    output_dir = Path(output_dir)
+    checkpoint = _check_output_dir(output_dir, overwrite, resume)
+    objective = "sft" if sft else "pretrain"
+    if bool(data) == bool(sft):
+        raise ValueError("Pass exactly one of `data` (plain text, pretraining) or `sft` (JSONL chats).")
+
+    # 1. Documents and the held-out split
+    documents = read_conversations(sft) if sft else read_documents(data, doc_separator)
+    if eval_data:
+        heldout = read_conversations(eval_data) if sft else read_documents(eval_data, doc_separator)
+        train_docs = documents
+    else:
+        train_docs, heldout = split_documents(documents, eval_fraction)
+
+    # 2. Tokenizer and model
+    source = checkpoint or model
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if checkpoint is not None or (tokenizer is None and source is not None):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    elif tokenizer is None:
+        if not train_tokenizer_vocab:
+            raise ValueError("No tokenizer: pass `tokenizer` (a folder or Hub id), `model`, or `train_tokenizer_vocab`.")
+        texts = [m["content"] for chat in train_docs for m in chat] if sft else train_docs
+        tokenizer = train_tokenizer(texts, train_tokenizer_vocab)
+    check_tokenizer(tokenizer, sft=bool(sft))
+    if source is not None:
+        net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else _load_model(source)
+        if seq_length > net.config.max_position_embeddings:
+            raise ValueError(f"`seq_length` {seq_length} exceeds the model's context (`max_position_embeddings` = {net.config.max_position_embeddings}).")
+        if net.config.mask_token_id != tokenizer.mask_token_id:
+            raise ValueError(f"The tokenizer's mask token id ({tokenizer.mask_token_id}) differs from the model's `mask_token_id` ({net.config.mask_token_id}).")
+    else:
+        cfg, generation = model_config(tokenizer, seq_length, preset, config)
+        torch.manual_seed(seed)
+        net = IlladaForMaskedDiffusion(cfg)
+        net.generation_config = generation
+    net.accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must divide it by accumulation steps
+
+    # 3. Datasets and the forward process
+    if sft:
+        train_set = [encode_conversation(tokenizer, chat, seq_length) for chat in train_docs]
+        eval_set = [encode_conversation(tokenizer, chat, seq_length) for chat in heldout]
+        collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, eos_token_id=tokenizer.eos_token_id)
+    else:
+        train_set = pack_documents(train_docs, tokenizer, seq_length)
+        eval_set = pack_documents(heldout, tokenizer, seq_length) if heldout else []
+        collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, random_length_prob=random_length_prob)
+
+    # 4. The plain Trainer
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler,
+        weight_decay=weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=logging_steps,
+        eval_strategy="steps" if eval_set else "no", eval_steps=eval_steps, save_strategy="steps",
+        save_steps=save_steps, save_total_limit=save_total_limit, seed=seed, report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
+    )
+    trainer = Trainer(
+        model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    # 5. The final Hub-native folder and the recipe
+    trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
+    metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step}
+    if eval_set:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    recipe = {
+        "objective": objective, "data": [str(p) for p in _as_list(data or sft)],
+        "eval_data": [str(p) for p in _as_list(eval_data)], "eval_fraction": eval_fraction,
+        "doc_separator": doc_separator, "model": str(model) if model else None, "preset": preset,
+        "config": config if not isinstance(config, os.PathLike) else str(config),
+        "train_tokenizer_vocab": train_tokenizer_vocab, "seq_length": seq_length, "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps, "max_steps": max_steps,
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
+        "weight_decay": weight_decay, "time_sampling": time_sampling, "random_length_prob": random_length_prob,
+        "seed": seed, "train_sequences": len(train_set), "eval_sequences": len(eval_set),
+        "train_documents": len(train_docs), "eval_documents": len(heldout),
+        "parameters": sum(p.numel() for p in net.parameters()), "wall_seconds": round(time.time() - started, 1),
+        "resumed_from": checkpoint, **metrics,
+    }
+    (output_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    return trainer
+
+
+def _as_list(paths):
+    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or ())
+
+
+def _load_model(source):
+    from transformers import AutoModel
+
+    from . import IlladaConfig  # noqa: F401  (registers the Auto classes)
+
+    return AutoModel.from_pretrained(source)
+
