@@ -2,6 +2,8 @@
 
     illada presets                         list the model presets with their upstream sources
     illada generate --model DIR "prompt"   diffusion generation from a local folder or Hub id
+    illada eval --model illada ...         lm-eval's own CLI with the `illada` model registered
+    illada train --data TEXT --output DIR  pretrain (or --sft chats.jsonl) with transformers.Trainer
 """
 
 import argparse
@@ -42,6 +44,45 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import json
+
+    import torch
+
+    from .training import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = args.config
+    if config is not None:
+        config = json.loads(config if config.lstrip().startswith("{") else open(config).read())
+    try:
+        trainer = train(
+            args.output, data=args.data or (), sft=args.sft or (), eval_data=args.eval_data or (),
+            eval_fraction=args.eval_fraction, doc_separator=args.doc_separator, model=args.model,
+            tokenizer=args.tokenizer, train_tokenizer_vocab=args.train_tokenizer, preset=args.preset, config=config,
+            seq_length=args.seq_length, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+            max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+            lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, time_sampling=args.time_sampling,
+            random_length_prob=args.random_length_prob, eval_steps=args.eval_steps, save_steps=args.save_steps,
+            logging_steps=args.logging_steps, seed=args.seed, overwrite=args.overwrite,
+            resume=args.resume if args.resume != "last" else True,
+        )
+    except ValueError as error:
+        print(f"illada train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"saved to {args.output} after {trainer.state.global_step} steps", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    # lm-eval 0.4.13 finds third-party models only once their module is imported (no entry points): import it,
+    # then hand every argument, unchanged, to lm-eval's own command line.
+    from .lm_eval_model import main as lm_eval_main
+
+    return lm_eval_main(args.lm_eval_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="illada", description="Masked diffusion language models on transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,10 +101,49 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     gen.set_defaults(func=cmd_generate)
+    # prefix_chars="\0": no option is ours, so `--model illada --tasks ...` all reach lm-eval untouched
+    ev = sub.add_parser("eval", help="lm-eval's CLI with the illada model (pass lm-eval's own arguments)",
+                        add_help=False, prefix_chars="\0")
+    ev.add_argument("lm_eval_args", nargs=argparse.REMAINDER)
+    ev.set_defaults(func=cmd_eval)
+    tr = sub.add_parser("train", help="train a masked diffusion LM with transformers.Trainer")
+    source = tr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+", help="plain text files or folders (pretraining; documents packed with EOS)")
+    source.add_argument("--sft", nargs="+", help='JSONL chats, one {"messages": [...]} per line (SFT)')
+    tr.add_argument("--output", required=True, help="output folder (refused if non-empty without --overwrite/--resume)")
+    tr.add_argument("--eval-data", nargs="+", dest="eval_data", help="held-out files (default: a split of the data)")
+    tr.add_argument("--eval-fraction", type=float, default=0.02, dest="eval_fraction")
+    tr.add_argument("--doc-separator", dest="doc_separator", help='line that separates documents in a file, e.g. "%%"')
+    tok = tr.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer", help="tokenizer folder or Hub id")
+    tok.add_argument("--train-tokenizer", type=int, dest="train_tokenizer", metavar="VOCAB",
+                     help="train a byte-level BPE tokenizer of VOCAB tokens on the training data")
+    arch = tr.add_mutually_exclusive_group()
+    arch.add_argument("--model", help="start from this model folder or Hub id (fine-tuning)")
+    arch.add_argument("--preset", help="a new model from a preset (see `illada presets`)")
+    tr.add_argument("--config", help="IlladaConfig fields for a new model: a JSON file or an inline JSON object")
+    tr.add_argument("--seq-length", type=int, default=256, dest="seq_length")
+    tr.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    tr.add_argument("--grad-accum", type=int, default=1, dest="grad_accum")
+    tr.add_argument("--max-steps", type=int, default=1000, dest="max_steps")
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--warmup-steps", type=int, default=100, dest="warmup_steps")
+    tr.add_argument("--lr-scheduler", default="cosine", dest="lr_scheduler")
+    tr.add_argument("--weight-decay", type=float, default=0.1, dest="weight_decay")
+    tr.add_argument("--time-sampling", default="stratified", choices=["stratified", "uniform"], dest="time_sampling")
+    tr.add_argument("--random-length-prob", type=float, default=0.01, dest="random_length_prob")
+    tr.add_argument("--eval-steps", type=int, default=200, dest="eval_steps")
+    tr.add_argument("--save-steps", type=int, default=200, dest="save_steps")
+    tr.add_argument("--logging-steps", type=int, default=20, dest="logging_steps")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, help="torch CPU threads")
+    tr.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    tr.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
+    tr.set_defaults(func=cmd_train)
     return parser
 
 
-COMMANDS = {"presets": cmd_presets, "generate": cmd_generate}
+COMMANDS = {"presets": cmd_presets, "generate": cmd_generate, "train": cmd_train, "eval": cmd_eval}
 
 
 def main(argv=None) -> int:
