@@ -1,0 +1,383 @@
+"""The Gradio Space (`space/app.py`): event functions called directly, a gradio_client run against the app on
+127.0.0.1, and an end-to-end run in headless Debian chromium driven by Playwright (skipped when chromium is absent).
+
+Everything runs on a tiny model + word-level tokenizer saved to a folder by a fixture; the one test of the embedded
+demo model is marked slow and skipped when the demo model is not there.
+"""
+
+import html
+import importlib.util
+import re
+import shutil
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+WORDS = ("the cat dog bird sat ran flew on under a mat tree roof and then it was very small big happy red blue . , ! ? "
+         "<b> </b> <script> & \" one two three sun moon star sky sea home road went saw slept sang old new green good "
+         "day night cold warm up down in user assistant :").split()
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def word_tokenizer(chat: bool):
+    """Special tokens at the tiny config's ids (0 <s>, 1 <pad>, 2 </s>, 3 <mask>), then WORDS: 64 ids in all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<mask>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", mask_token="<mask>")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Two saved tiny models (same weights): `plain` completes text, `chat` has a chat template."""
+    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)  # peaky logits: varied tokens
+    with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
+        model.get_input_embeddings().weight[model.config.eos_token_id] = 0
+    root = tmp_path_factory.mktemp("space-models")
+    for name in ("plain", "chat"):
+        model.save_pretrained(root / name)
+        word_tokenizer(chat=name == "chat").save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(app_module, folders):
+    return app_module.App(app_module.Engine.load(str(folders / "plain"), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def chat_app(app_module, folders):
+    return app_module.App(app_module.Engine.load(str(folders / "chat"), device="cpu"))
+
+
+def knobs(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0, threshold=0.0,
+          cfg_scale=0.0, seed=0, pace_ms=0):
+    """Event inputs in the order the Space wires them."""
+    return [max_new_tokens, steps, block_length, remasking, temperature, threshold, cfg_scale, seed, pace_ms]
+
+
+def masks_left(canvas: str) -> int:
+    return int(re.search(r'data-masks="(\d+)"', canvas).group(1))
+
+
+CHIP = re.compile(r'<span class="(tok[^"]*)"(?: style="[^"]*")? title="([^"]*)">(.*?)</span>')
+
+
+# ---------------------------------------------------------------------------------------------------- direct calls
+
+
+def test_generate_streams_every_step_then_the_final_state(app):
+    prompt = "the cat sat on"
+    frames = list(app.generate(prompt, *knobs()))
+    ids = app.engine.encode_prompt(prompt)
+    reference = app.engine.model.generate(ids, max_new_tokens=32, steps=16, block_length=16,
+                                          return_dict_in_generate=True)
+    passes = reference.num_forward_passes
+    assert len(frames) == passes + 2  # the all-mask canvas, one frame per forward pass, the final state
+    counts = [masks_left(frame[0]) for frame in frames]
+    assert counts[0] == 32 and counts[-1] == 0
+    assert all(a > b for a, b in zip(counts[:passes + 1], counts[1:passes + 1]))  # each step reveals something
+    assert all('class="illada-canvas running"' in frame[0] for frame in frames[:-1])
+    canvas, trace, scrubber, text, figures = frames[-1]
+    assert text == app.engine.tokenizer.decode(reference.sequences[0, ids.shape[1]:], skip_special_tokens=True)
+    assert trace.frames[-1].tokens == tuple(reference.sequences[0, ids.shape[1]:].tolist())
+    assert trace.steps == passes
+    assert f'<span class="value">{passes}</span><span class="name">forward passes</span>' in figures
+    assert f"{reference.tokens_per_forward:.2f}" in figures and "tokens / s" in figures
+    assert scrubber.interactive is True and scrubber.maximum == passes
+    # intermediate frames leave the text box alone (gr.skip()), the final one fills it
+    assert all(frame[3] == {"__type__": "update"} for frame in frames[:-1])
+
+
+def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
+    frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8, pace_ms=0)))
+    trace = frames[-1][1]
+    middle = trace.frames[5]  # after the 5th step: second block, 2 tokens per step
+    chips = CHIP.findall(frames[5][0])
+    assert sum("new" in classes.split() for classes, _, _ in chips) == len(middle.new) == 2
+    block_chips = [c for c in re.findall(r'<span class="(tok[^"]*)"', frames[5][0].split('class="chips"')[1])
+                   if "blk" in c.split()]
+    assert len(block_chips) == 8  # the current block is marked, and only it
+    steps_shown = {int(re.match(r"step (\d+)", title).group(1)) for _, title, _ in chips if title.startswith("step")}
+    assert steps_shown == set(range(1, 6))
+    colours = dict(re.findall(r'style="background:(#[0-9a-f]{6});[^"]*" title="step (\d+)', frames[-1][0]))
+    assert len(set(colours)) > 4  # tokens revealed at different steps get different colours
+
+
+def test_markup_from_the_user_and_the_model_is_escaped(app, chat_app):
+    text = "<script> alert <b> [MASK] </b> & \" ___ ."
+    frames = list(app.infill(text, 2, *knobs()))
+    final = frames[-1][0]
+    chips = CHIP.findall(final)
+    assert chips and not re.search(r"<(script|b)\b", final)
+    for _, _, inner in chips:
+        assert "<" not in inner and ">" not in inner
+    shown = [html.unescape(inner) for _, _, inner in chips]
+    assert {"<script>", "<b>", "</b>", "&", '"'} <= set(shown)  # markup arrives as text
+    # the chat box is given escaped text, and history coming back is not escaped twice
+    history = [{"role": "user", "content": "&lt;b&gt;hi"}, {"role": "assistant", "content": "ok"}]
+    first = next(chat_app.chat("<b>bold</b> <script>", history, *knobs()))
+    assert first[0][0]["content"] == "&lt;b&gt;hi"
+    assert first[0][2]["content"] == "&lt;b&gt;bold&lt;/b&gt; &lt;script&gt;"
+
+
+def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
+    frames = list(chat_app.chat("the cat", [], *knobs(max_new_tokens=16, steps=8, block_length=8)))
+    chatbot, box, canvas, trace, scrubber, text, figures = frames[-1]
+    assert box == "" and masks_left(canvas) == 0
+    assert [m["role"] for m in chatbot] == ["user", "assistant"]
+    assert chatbot[-1]["content"] == html.escape(text)
+    ids = chat_app.engine.encode_chat([{"role": "user", "content": "the cat"}])
+    assert trace.start == ids.shape[1]
+    tokenizer = chat_app.engine.tokenizer
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "the cat"}], add_generation_prompt=True,
+                                             tokenize=False)
+    assert rendered.endswith("assistant : ") and ids[0].tolist() == tokenizer(rendered)["input_ids"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(max_new_tokens=10_000), "Length must lie between 8 and 256"),
+        (dict(steps=0), "Steps must lie between 1 and 256"),
+        (dict(temperature=float("nan")), "Temperature must lie between"),
+        (dict(seed=2**40), "Seed must lie between"),
+        (dict(steps=7.5), "Steps must be a whole number"),
+        (dict(remasking="<img src=x onerror=alert(1)>"), "Remasking must be one of"),
+        (dict(max_new_tokens=64, block_length=24), "`block_length` (24) must divide `max_new_tokens` (64)"),
+        (dict(max_new_tokens=64, steps=3, block_length=32), "must be a multiple of the number of blocks"),
+        (dict(max_new_tokens=16, steps=32, block_length=16), "Steps (32) is more than Length (16)"),
+    ],
+)
+def test_bad_settings_give_a_clear_message_and_run_nothing(app, overrides, message):
+    frames = list(app.generate("the cat", *knobs(**overrides)))
+    assert len(frames) == 1
+    canvas = frames[0][0]
+    assert 'class="illada-canvas notice"' in canvas and html.escape(message) in canvas
+    assert "<img" not in canvas
+    assert all(output == {"__type__": "update"} for output in frames[0][1:])  # trace, slider, text untouched
+
+
+def test_every_user_controlled_size_is_bounded(app_module, app, chat_app):
+    limits = app_module.LIMITS
+    too_long = "the " * (limits["prompt_chars"] // 4 + 1)
+    assert "limit is" in next(app.generate(too_long, *knobs()))[0]
+    assert "limit is" in next(app.generate("a " * (limits["prompt_tokens"] + 1), *knobs()))[0]  # under the chars limit
+    assert "Type some text" in next(app.generate("   ", *knobs()))[0]
+    assert "Type some text" in next(app.generate(None, *knobs()))[0]
+    assert "Tokens per blank must lie between 1 and" in next(app.infill("a [MASK]", 1000, *knobs()))[0]
+    many = " ".join(["[MASK]"] * (limits["infill_masks"] // limits["blank_tokens"] + 1))
+    assert "the limit is" in next(app.infill(many, limits["blank_tokens"], *knobs()))[0]
+    assert "Mark at least one blank" in next(app.infill("no blanks here", 4, *knobs()))[0]
+    huge_history = [{"role": "user", "content": "cat " * 900}, {"role": "assistant", "content": "dog " * 900}] * 10
+    assert "too long" in next(chat_app.chat("hi", huge_history, *knobs()))[2]
+
+
+def test_infill_fills_the_blanks_in_place(app):
+    text = "the [MASK] sat on ___ mat ."
+    frames = list(app.infill(text, 3, *knobs(steps=4)))
+    engine = app.engine
+    ids, masks = engine.encode_infill(text, 3)
+    assert masks == 6 and int((ids == engine.mask_token_id).sum()) == 6
+    reference = engine.model.generate(ids, max_new_tokens=0, steps=4)
+    trace, final_text = frames[-1][1], frames[-1][3]
+    assert masks_left(frames[0][0]) == 6 and masks_left(frames[-1][0]) == 0
+    assert len(frames) == 4 + 2
+    assert trace.frames[-1].tokens == tuple(reference[0].tolist())
+    kept = ids[0] != engine.mask_token_id
+    assert torch.equal(reference[0][kept], ids[0][kept])  # the given words stay where they were
+    assert final_text == engine.tokenizer.decode(reference[0], skip_special_tokens=True)
+    assert final_text.split()[0] == "the" and final_text.split()[-2:] == ["mat", "."]
+
+
+def test_early_stop_shows_the_eos_filled_tail(app_module, app):
+    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)
+    eos, forward = model.config.eos_token_id, model.forward
+
+    def forward_preferring_eos(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        output.logits[..., eos] += 100.0
+        return output
+
+    model.forward = forward_preferring_eos
+    engine = app_module.Engine(model=model, tokenizer=app.engine.tokenizer, name="eos")
+    frames = list(app_module.App(engine).generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
+    assert len(frames) == 1 + 4 + 1  # the first block ends in EOS, so the second block never runs
+    final, trace, _, text, _ = frames[-1]
+    assert masks_left(frames[-2][0]) == 8 and masks_left(final) == 0 and text == ""
+    titles = [title for _, title, _ in CHIP.findall(final)]
+    assert sum(t.startswith("step") for t in titles) == 8 and sum(t.startswith("filled") for t in titles) == 8
+
+
+def test_slider_scrubs_and_replay_plays_every_kept_step(app):
+    frames = list(app.generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
+    trace, final = frames[-1][1], frames[-1][0]
+    scrubbed = [app.scrub(trace, step) for step in range(trace.steps + 1)]
+    assert [masks_left(c) for c in scrubbed] == [masks_left(f[0]) for f in frames[:-1]] == list(range(16, -1, -2))
+    assert CHIP.findall(scrubbed[-1]) == CHIP.findall(final)
+    assert masks_left(app.scrub(trace, 10_000)) == 0  # out-of-range steps are clamped
+    replayed = list(app.replay(trace))
+    assert [masks_left(c) for c, _ in replayed] == [masks_left(c) for c in scrubbed]
+    assert app.scrub(None, 3) == app.scrub(trace, "nan") == app.scrub(trace, "x") == {"__type__": "update"}
+
+
+def test_closing_the_stream_stops_the_worker(app):
+    stream = app.generate("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=20))
+    for _ in range(3):
+        next(stream)
+    stream.close()  # what Gradio does when the browser leaves or Stop is pressed
+    deadline = time.time() + 5
+    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+
+
+def test_missing_demo_model_gives_a_clear_message(app_module, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "modeling_illada.demo", None)  # the module is not there
+    with pytest.raises(SystemExit, match="--model"):
+        app_module.default_model()
+    fake = types.ModuleType("modeling_illada.demo")
+    fake.demo_model_path = lambda: tmp_path  # the module is there, the weights are not
+    monkeypatch.setitem(sys.modules, "modeling_illada.demo", fake)
+    with pytest.raises(SystemExit, match="demo model is missing"):
+        app_module.default_model()
+
+
+@pytest.mark.slow
+def test_default_demo_model_smoke(app_module):
+    try:
+        path = app_module.default_model()
+    except SystemExit as missing:
+        pytest.skip(f"the embedded demo model is absent: {missing}")
+    demo_app = app_module.App(app_module.Engine.load(path, device="cpu"))
+    prompt = "Hello" if not demo_app.engine.chat else None
+    frames = (list(demo_app.generate(prompt, *knobs(max_new_tokens=16, steps=8, block_length=8))) if prompt else
+              [f[2:] for f in demo_app.chat("Hello", [], *knobs(max_new_tokens=16, steps=8, block_length=8))])
+    assert len(frames) > 3 and masks_left(frames[-1][0]) == 0
+
+
+def test_space_card_and_requirements_match_the_environment():
+    import gradio
+    import transformers
+    from huggingface_hub import SpaceCard
+
+    import modeling_illada
+
+    card = SpaceCard.load(ROOT / "space" / "README.md").data
+    assert card.sdk == "gradio" and card.sdk_version == gradio.__version__
+    assert card.python_version == "3.11"  # a string: unquoted, YAML would read 3.10 as 3.1
+    assert (ROOT / "space" / card.app_file).is_file() and card.models and len(card.short_description) <= 60
+    requirements = (ROOT / "space" / "requirements.txt").read_text().splitlines()
+    assert f"transformers=={transformers.__version__}" in requirements
+    assert f"./illada-{modeling_illada.__version__}-py3-none-any.whl" in requirements
+    assert not any(line.startswith("gradio") for line in requirements)  # the SDK provides it
+
+
+# ---------------------------------------------------------------------------------------------- a running server
+
+
+@pytest.fixture(scope="module")
+def server(app_module, app):
+    demo = app.build()
+    _, url, _ = app_module.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
+def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/generate", "/infill", "/scrub", "/replay"} <= set(endpoints)
+    job = client.submit("the cat sat", *knobs(max_new_tokens=32, steps=16, block_length=16, pace_ms=10),
+                        api_name="/generate")
+    updates = list(job)
+    canvases = [update[0] for update in updates]
+    counts = [masks_left(canvas) for canvas in canvases]
+    assert len([c for c in counts if 0 < c < 32]) >= 3  # several intermediate states arrived
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 0
+    assert "illada-canvas done" in canvases[-1] and updates[-1][2]  # final state, with its text
+    # Stop (a cancelled job) ends generate() in the worker thread too
+    job = client.submit("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=50),
+                        api_name="/generate")
+    deadline = time.time() + 20
+    while len(job.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    assert any(t.name == "illada-generate" for t in threading.enumerate())
+    job.cancel()
+    deadline = time.time() + 5
+    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+
+
+@pytest.mark.slow
+def test_browser_sees_the_canvas_unmask_step_by_step(server):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    playwright = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server, wait_until="domcontentloaded")
+            page.locator("#prompt textarea").fill("the cat <b> sat on")
+            pace = page.locator("#pace-ms input[type=number]")
+            pace.fill("80")
+            pace.press("Enter")
+            # record the mask count of every canvas the page renders
+            page.wait_for_selector("#canvas .illada-canvas")
+            page.evaluate("""() => {
+                window.__masks = [];
+                const canvas = document.querySelector('#canvas');
+                new MutationObserver(() => {
+                    const node = canvas.querySelector('.illada-canvas[data-masks]');
+                    if (node && window.__masks.at(-1) !== node.dataset.masks) window.__masks.push(node.dataset.masks);
+                }).observe(canvas, {childList: true, subtree: true});
+            }""")
+            page.get_by_role("button", name="Generate", exact=True).click()
+            page.wait_for_function("""() => {
+                const node = document.querySelector('#canvas .illada-canvas.running');
+                return node && +node.dataset.masks > 0 && +node.dataset.masks <= 40;
+            }""", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "space-running.png"), full_page=True)
+            page.wait_for_selector("#canvas .illada-canvas.done", timeout=60_000)
+            seen = [int(m) for m in page.evaluate("window.__masks")]
+            assert seen[-1] == 0 and len([m for m in seen if m > 0]) >= 3, seen
+            assert seen == sorted(seen, reverse=True), seen
+            assert page.locator("#canvas .chips .tok.mask").count() == 0
+            assert page.locator("#canvas .chips .tok:not(.mask)").count() > 0
+            page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
+            page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+        finally:
+            browser.close()
