@@ -54,7 +54,9 @@ def _as_sequences(value, name: str) -> list[list[int]]:
         if len(value) == 0 or all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             return [list(value)]
         return [v.tolist() if isinstance(v, torch.Tensor) else list(v) for v in value]
-    raise ValueError(f"`{name}` must be token ids: a list of ints, a tensor, or a list of those; got {type(value).__name__}.")
+    raise ValueError(
+        f"`{name}` must be token ids: a list of ints, a tensor, or a list of those; got {type(value).__name__}."
+    )
 
 
 def _special_id(model, name: str, explicit=None) -> int | None:
@@ -96,7 +98,9 @@ class _Layout:
         if len(prompts) == 1 and len(answers) > 1:
             prompts = prompts * len(answers)  # one prompt, several answers (multiple choice)
         if len(prompts) != len(answers):
-            raise ValueError(f"`prompts` and `answers` must pair up: got {len(prompts)} prompts and {len(answers)} answers.")
+            raise ValueError(
+                f"`prompts` and `answers` must pair up: got {len(prompts)} prompts and {len(answers)} answers."
+            )
         if not answers:
             raise ValueError("`answers` is empty: pass at least one (prompt, answer) pair.")
         config = getattr(model, "config", None)
@@ -106,7 +110,7 @@ class _Layout:
         eos = _required_id(model, "eos_token_id", eos_token_id, "`padd_eos=True`") if padd_eos else None
         for i, (prompt, answer) in enumerate(zip(prompts, answers)):
             if not answer:
-                raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs at least one token).")
+                raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs a token).")
             if bos is not None and prompt[:1] != [bos]:
                 prompts[i] = prompt = [bos] + prompt
             total = len(prompt) + len(answer) + (eos is not None)
@@ -137,7 +141,8 @@ class _Layout:
             if eos is not None:
                 tokens[row, end] = eos
                 attention_mask[row, end] = 1
-        self.tokens, self.attention_mask, self.prompt_index = tokens.to(device), attention_mask.to(device), prompt_index.to(device)
+        self.tokens, self.attention_mask = tokens.to(device), attention_mask.to(device)
+        self.prompt_index = prompt_index.to(device)
         self.lengths = torch.tensor([len(a) for a in answers], device=device)  # (N,)
         self.answer_mask = torch.arange(self.width, device=device)[None] < self.lengths[:, None]  # (N, W)
         self.answer = self.tokens[:, self.start:self.start + self.width] * self.answer_mask  # (N, W)
@@ -146,7 +151,8 @@ class _Layout:
         """`(n, W)` float32 log-probability of the true answer token at every answer column of canvases `x` `(n, T)`."""
         guidance = guidance_for(cfg_scale, mask_id, self.prompt_index[rows])
         guided_x, guided_mask = guidance.batch(x, self.attention_mask[rows])
-        out = model(input_ids=guided_x, attention_mask=guided_mask, logits_to_keep=slice(self.start, self.start + self.width))
+        answer_cols = slice(self.start, self.start + self.width)
+        out = model(input_ids=guided_x, attention_mask=guided_mask, logits_to_keep=answer_cols)
         logits = guidance.combine(out.logits if hasattr(out, "logits") else out[0]).float()  # (n, W, V)
         return -F.cross_entropy(logits.transpose(1, 2), self.answer[rows], reduction="none")  # (n, W)
 
@@ -386,7 +392,7 @@ def elbo(
     """
     texts = _as_sequences(texts, "texts")
     generators = _generators(generator, seed, len(texts))
-    limit = max_length if max_length is not None else getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    limit = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
     bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
     prompts, answers, owners, window_generators = [], [], [], []
     for index, text in enumerate(texts):

@@ -136,7 +136,8 @@ def test_padded_batch_equals_pairs_scored_alone():
     seeds = [11, 12, 13]
     options = dict(cfg_scale=0.5, add_bos_token=True, padd_eos=True)
     together = monte_carlo_log_likelihood(
-        model, prompts, answers, mc_num=8, mc_batch_size=4, generator=[torch.Generator().manual_seed(s) for s in seeds], **options
+        model, prompts, answers, mc_num=8, mc_batch_size=4, generator=[torch.Generator().manual_seed(s) for s in seeds],
+        **options,
     )
     alone = torch.cat([monte_carlo_log_likelihood(model, p, a, mc_num=8, mc_batch_size=4, seed=s, **options)
                        for p, a, s in zip(prompts, answers, seeds)])
@@ -188,7 +189,8 @@ def test_confidence_scorer_matches_the_reference_loop(cfg_scale):
     model = tiny_model()
     prompts, answers = PAIRS
     got = confidence_log_likelihood(model, prompts, answers, cfg_scale=cfg_scale)
-    want = torch.tensor([reference_confidence(model, p, a, cfg_scale) for p, a in zip(prompts, answers)], dtype=torch.float64)
+    want = torch.tensor([reference_confidence(model, p, a, cfg_scale) for p, a in zip(prompts, answers)],
+                        dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
@@ -258,7 +260,8 @@ def test_ids_come_from_the_model_configs():
     model.generation_config.mask_token_id = 8  # the generation config wins over the model config
     with torch.no_grad():
         logits = model(torch.tensor([[10, 11, 8]])).logits[0, 2].float()
-    assert confidence_log_likelihood(model, [10, 11], [40]).item() == pytest.approx(logits.log_softmax(-1)[40].item(), abs=1e-5)
+    want = logits.log_softmax(-1)[40].item()
+    assert confidence_log_likelihood(model, [10, 11], [40]).item() == pytest.approx(want, abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -268,8 +271,10 @@ def test_ids_come_from_the_model_configs():
         (lambda m: log_likelihood(m, [5] * 120, [6] * 9), r"exceeds the context \(`max_length` = 128\)"),
         (lambda m: log_likelihood(m, [5] * 120, [6] * 7, scorer="confidence", padd_eos=True, add_bos_token=True),
          "exceeds the context"),
-        (lambda m: log_likelihood(m, [5], [6], scorer="exact"), r"Unknown `scorer` 'exact'; allowed: \['confidence', 'mc'\]"),
-        (lambda m: log_likelihood(m, [5], [6, 7], mc_num=100, mc_batch_size=32), r"`mc_num` \(100\) must be a multiple of `mc_batch_size` \(32\)"),
+        (lambda m: log_likelihood(m, [5], [6], scorer="exact"),
+         r"Unknown `scorer` 'exact'; allowed: \['confidence', 'mc'\]"),
+        (lambda m: log_likelihood(m, [5], [6, 7], mc_num=100, mc_batch_size=32),
+         r"`mc_num` \(100\) must be a multiple of `mc_batch_size` \(32\)"),
         (lambda m: log_likelihood(m, [5], [6, 7], mc_num=0), "`mc_num` must be a positive integer"),
         (lambda m: log_likelihood(m, [5], [6, 7], cfg_scale=-1.0), "`cfg_scale` must be a number >= 0"),
         (lambda m: log_likelihood(m, [5], [6], scorer="confidence", mc_num=8), r"does not take \['mc_num'\]"),
