@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_illada import IlladaConfig, LladaConfig
 from .generation_illada import DenoisingStep, IlladaGenerationConfig, IlladaGenerationMixin, IlladaGenerationOutput
+from .likelihood import IlladaLikelihoodMixin, confidence_log_likelihood, elbo, log_likelihood, monte_carlo_log_likelihood
 from .modeling_illada import (
     IlladaForMaskedDiffusion,
     IlladaMaskedDiffusionOutput,
@@ -50,6 +51,11 @@ __all__ = [
     "IlladaGenerationMixin",
     "IlladaGenerationOutput",
     "DenoisingStep",
+    "IlladaLikelihoodMixin",
+    "log_likelihood",
+    "monte_carlo_log_likelihood",
+    "confidence_log_likelihood",
+    "elbo",
     "list_presets",
     "load_preset",
     "demo_model_path",

@@ -174,7 +174,7 @@ def test_generate_until_stops_and_cuts_at_the_stop_sequence():
     assert lm.generate_until([request]) == ["four five"]
 
 
-def test_chat_template_is_applied_and_a_refused_system_role_is_merged():
+def test_chat_template_is_applied_and_a_refused_system_role_is_merged(task_manager):
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = (
         "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
@@ -187,6 +187,11 @@ def test_chat_template_is_applied_and_a_refused_system_role_is_merged():
     # no generation prompt: the last message is continued (transformers cuts the template after its content)
     assert lm.apply_chat_template(history[1:], add_generation_prompt=False) == "user : one two"
     assert lm.chat_template(True) == tokenizer.chat_template
+    # through lm-eval's hooks: the task prompt becomes a templated chat with the system text merged in
+    results = evaluate(lm, task_manager, tasks=["illada_tiny_gen"], limit=1, apply_chat_template=True,
+                       system_instruction="count")
+    (context, _), = results["samples"]["illada_tiny_gen"][0]["arguments"]
+    assert context == "user : count\n\ncount : one two three . assistant :"
 
 
 def test_string_model_name_loads_a_folder_and_records_model_args(model_dir, task_manager):
