@@ -388,7 +388,9 @@ def elbo(
     A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`). A longer one is
     cut into windows: the first `max_length` tokens, then chunks of half that, each scored conditioned on the tokens
     just before it; the sum bounds the chain of those truncated-context conditionals. `generator` may be a list of
-    one generator per text. Other arguments are as in `monte_carlo_log_likelihood`.
+    one generator per text. Other arguments are as in `monte_carlo_log_likelihood`. Memory: a forward holds
+    `windows x mc_batch_size` rows of window-length logits over the vocabulary; lower `mc_batch_size` or
+    `max_length` for long texts and large vocabularies.
     """
     texts = _as_sequences(texts, "texts")
     generators = _generators(generator, seed, len(texts))

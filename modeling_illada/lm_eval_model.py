@@ -11,8 +11,9 @@ Differs from lm-eval's `hf` model, which assumes a causal LM:
 * `generate_until` runs the package's diffusion `model.generate` (any `IlladaGenerationConfig` knob can be given as
   a model argument: `steps`, `block_length`, `variable_length`, `remasking`, `threshold`, `cache`, ...) with the
   task's stop sequences as `stop_strings`, then cuts the text at the first one.
-* Randomness is seeded per request from `seed` and the request's tokens, so a score does not depend on batch size,
-  request order or `--limit`. Every setting that changes scores is returned by `get_model_info`, which lm-eval
+* Randomness is seeded per request from `seed` and the request's tokens, so a score does not depend on request
+  order or `--limit`, and batch size changes it only by float rounding (sampled generation, `temperature > 0`, is
+  seeded per batch of prompts). Every setting that changes scores is returned by `get_model_info`, which lm-eval
   writes into `results["config"]["illada"]`.
 
 How lm-eval finds it: lm-eval 0.4.13 lists its built-in models in `lm_eval.models.MODEL_MAPPING` and reads no entry
