@@ -135,7 +135,7 @@ def default_model() -> str:
 
         path = Path(demo_model_path())
     except (ImportError, OSError, ValueError) as error:
-        raise SystemExit(f"The embedded demo model is not available ({error}). Pass a model folder or Hub id: "
+        raise SystemExit(f"The embedded demo model is not available: {error} Pass a model folder or Hub id: "
                          "`python space/app.py --model GSAI-ML/iLLaDA-8B-Instruct` (or set ILLADA_MODEL).") from None
     if not (path / "config.json").is_file():
         raise SystemExit(f"The embedded demo model is missing: {path} has no config.json. Reinstall the package "
@@ -424,8 +424,12 @@ LEGEND = ('<span class="legend"><span class="tok mask"></span> mask <span class=
           '</span> low → high confidence <span class="tok blk legend-blk">&nbsp;</span> current block</span>')
 
 
-def render_notice(message: str) -> str:
-    return f'<div class="illada-canvas notice"><b>Cannot run this:</b> {html.escape(str(message))}</div>'
+def render_notice(message) -> str:
+    """An error as the user sees it: the package's parameter names become the controls' labels."""
+    text = str(message)
+    for knob in KNOBS:
+        text = text.replace(f"`{knob.name}`", knob.label)
+    return f'<div class="illada-canvas notice"><b>Cannot run this:</b> {html.escape(text)}</div>'
 
 
 def render_figures(trace: Trace | None, elapsed: float | None = None) -> str:
@@ -538,8 +542,8 @@ class App:
             ):
                 reply = html.escape(text) if isinstance(text, str) else f"… denoising, step {trace.steps}"
                 yield shown + [{"role": "assistant", "content": reply}], "", canvas, trace, scrubber, text, figures
-        except ValueError as error:
-            yield gr.skip(), gr.skip(), render_notice(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except ValueError as error:  # raised by generate() itself: put the conversation back as it was
+            yield shown[:-1], message, render_notice(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
     def infill(self, text, blank_tokens, *knobs):
         """Fill the marked blanks in place (`max_new_tokens=0`, one block): outputs as `generate`."""
@@ -591,7 +595,7 @@ class App:
                             if engine.chat:
                                 chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="chatbot",
                                                      render_markdown=False, buttons=["copy"])
-                                prompt = gr.Textbox(label="Message", placeholder="Ask something…", lines=2,
+                                prompt = gr.Textbox(label="Message", placeholder="Ask something…", lines=1, max_lines=6,
                                                     max_length=LIMITS["prompt_chars"], elem_id="prompt")
                             else:
                                 prompt = gr.Textbox(label="Prompt", placeholder=PROMPT_EXAMPLES[0], lines=4,

@@ -116,7 +116,7 @@ def test_generate_streams_every_step_then_the_final_state(app):
     assert all(frame[3] == {"__type__": "update"} for frame in frames[:-1])
 
 
-def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
+def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_module, app):
     frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8, pace_ms=0)))
     trace = frames[-1][1]
     middle = trace.frames[5]  # after the 5th step: second block, 2 tokens per step
@@ -127,8 +127,18 @@ def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
     assert len(block_chips) == 8  # the current block is marked, and only it
     steps_shown = {int(re.match(r"step (\d+)", title).group(1)) for _, title, _ in chips if title.startswith("step")}
     assert steps_shown == set(range(1, 6))
-    colours = dict(re.findall(r'style="background:(#[0-9a-f]{6});[^"]*" title="step (\d+)', frames[-1][0]))
-    assert len(set(colours)) > 4  # tokens revealed at different steps get different colours
+    # every revealed token: hue from its step, shade from its low_confidence score (the probability)
+    final = trace.frames[-1]
+    colour = app_module.step_colour
+    expected = [colour((at - 1) / (trace.planned_steps - 1), score)[0]
+                for at, score in zip(final.revealed_at, final.score)]
+    assert re.findall(r'style="background:(#[0-9a-f]{6});', frames[-1][0]) == expected
+    assert len({colour(fraction, 1.0) for fraction in (0, 0.25, 0.5, 0.75, 1)}) == 5
+
+    def brightness(hex_colour):
+        return sum(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+    assert brightness(colour(0.5, 0.1)[0]) > brightness(colour(0.5, 0.5)[0]) > brightness(colour(0.5, 0.9)[0])
 
 
 def test_markup_from_the_user_and_the_model_is_escaped(app, chat_app):
@@ -162,6 +172,17 @@ def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
     assert rendered.endswith("assistant : ") and ids[0].tolist() == tokenizer(rendered)["input_ids"]
 
 
+def test_when_generate_refuses_mid_stream_the_chat_is_restored(app, chat_app):
+    context = chat_app.engine.model.config.max_position_embeddings
+    history = [{"role": "user", "content": "a " * (context - 40)}, {"role": "assistant", "content": "<b> ok"}]
+    frames = list(chat_app.chat("the cat", history, *knobs(max_new_tokens=64, steps=8, block_length=64)))
+    chatbot, box, canvas = frames[-1][:3]
+    assert "exceeds the context" in canvas and 'class="illada-canvas notice"' in canvas
+    assert chatbot == [{"role": m["role"], "content": html.escape(m["content"])} for m in history]
+    assert box == "the cat"  # the message is given back, to retry with a shorter length
+    assert "exceeds the context" in list(app.generate("a " * (context - 8), *knobs()))[-1][0]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -171,7 +192,7 @@ def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
         (dict(seed=2**40), "Seed must lie between"),
         (dict(steps=7.5), "Steps must be a whole number"),
         (dict(remasking="<img src=x onerror=alert(1)>"), "Remasking must be one of"),
-        (dict(max_new_tokens=64, block_length=24), "`block_length` (24) must divide `max_new_tokens` (64)"),
+        (dict(max_new_tokens=64, block_length=24), "Block length (24) must divide Length (64)"),
         (dict(max_new_tokens=64, steps=3, block_length=32), "must be a multiple of the number of blocks"),
         (dict(max_new_tokens=16, steps=32, block_length=16), "Steps (32) is more than Length (16)"),
     ],
@@ -257,6 +278,15 @@ def test_closing_the_stream_stops_the_worker(app):
     while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(t.name == "illada-generate" for t in threading.enumerate())
+
+
+def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app_module, app, chat_app):
+    for space in (app, chat_app):
+        demo = space.build()
+        running = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"}
+        name = "chat" if space is chat_app else "generate"
+        assert running == {name: 1, f"{name}_submit": 1, "infill": 1}
+        assert demo._queue.max_size == app_module.QUEUE_SIZE
 
 
 def test_missing_demo_model_gives_a_clear_message(app_module, monkeypatch, tmp_path):
