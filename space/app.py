@@ -114,6 +114,25 @@ class Settings:
                       threshold=threshold, cfg_scale=cfg_scale, seed=seed, pace_ms=pace_ms)
         return cls(remasking=remasking, **{name: KNOB[name].read(value) for name, value in values.items()})
 
+    @classmethod
+    def defaults(cls, generation_config=None, context: int | None = None) -> "Settings":
+        """The model's own settings (its `generation_config`) when they fit `KNOBS` and leave half the context
+        for the prompt; else the knobs' defaults."""
+        fallback = {knob.name: knob.default for knob in KNOBS} | {"remasking": REMASKING_DEFAULT}
+        try:
+            recommended = {name: getattr(generation_config, name, None) for name in fallback}
+            recommended["steps"] = recommended["steps"] or recommended["max_new_tokens"]
+            recommended["block_length"] = recommended["block_length"] or recommended["max_new_tokens"]
+            values = {name: fallback[name] if value is None else value for name, value in recommended.items()}
+            values["pace_ms"], values["seed"] = fallback["pace_ms"], fallback["seed"]
+            settings = cls.read(**values)
+            generation_config.merged(**settings.generate_kwargs())  # a combination generate() accepts
+            if context is not None and settings.max_new_tokens > context // 2:
+                raise ValueError("too long for the context")
+            return settings
+        except (ValueError, TypeError, AttributeError):
+            return cls.read(**fallback)
+
     def generate_kwargs(self) -> dict:
         """The knobs `model.generate` takes (threshold 0 means "follow the schedule")."""
         if self.steps > self.max_new_tokens:
@@ -121,7 +140,7 @@ class Settings:
                              f"reveal at least one token, so use at most {self.max_new_tokens} steps.")
         return dict(max_new_tokens=self.max_new_tokens, steps=self.steps, block_length=self.block_length,
                     remasking=self.remasking, temperature=self.temperature, threshold=self.threshold or None,
-                    cfg_scale=self.cfg_scale)
+                    cfg_scale=self.cfg_scale, variable_length=False)  # the canvas has a fixed length
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -551,9 +570,11 @@ class App:
             settings = Settings.read(*knobs)
             blank = Knob("blank_tokens", "Tokens per blank", 1, LIMITS["blank_tokens"], 4, 1).read(blank_tokens)
             inputs, masks = self.engine.encode_infill(_bounded_text(text, "infill"), blank)
+            region = inputs.shape[1] - int((inputs[0] == self.engine.mask_token_id).nonzero()[0])  # first blank on
             steps = min(settings.steps, masks)
-            kwargs = dict(max_new_tokens=0, steps=steps, remasking=settings.remasking, temperature=settings.temperature,
-                          threshold=settings.threshold or None, cfg_scale=settings.cfg_scale)
+            kwargs = dict(max_new_tokens=0, steps=steps, block_length=region, remasking=settings.remasking,
+                          temperature=settings.temperature, threshold=settings.threshold or None,
+                          cfg_scale=settings.cfg_scale, variable_length=False)
             self._check(kwargs)
         except ValueError as error:
             yield render_notice(error), gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -617,13 +638,15 @@ class App:
                                 stops.append(gr.Button("Stop", variant="secondary", scale=1))
                             gr.Examples(INFILL_EXAMPLES, [infill_text], label="Try")
                     with gr.Accordion("Sampler", open=True, elem_id="sampler"):
-                        remasking = gr.Radio(sorted(REMASKING), value=REMASKING_DEFAULT, label="Remasking",
+                        defaults = Settings.defaults(engine.model.generation_config,
+                                                     engine.model.config.max_position_embeddings)
+                        remasking = gr.Radio(sorted(REMASKING), value=defaults.remasking, label="Remasking",
                                              info="which masked positions a step reveals first")
                         controls = {}
                         for pair in zip(KNOBS[::2], KNOBS[1::2]):
                             with gr.Row():
                                 for knob in pair:
-                                    controls[knob.name] = _control(knob)
+                                    controls[knob.name] = _control(knob, getattr(defaults, knob.name))
                 with gr.Column(scale=7, min_width=420):
                     canvas = gr.HTML(_empty_canvas(), elem_id="canvas", min_height=220)
                     with gr.Row(equal_height=False, elem_classes="scrub-row"):
@@ -655,11 +678,11 @@ class App:
         return demo
 
 
-def _control(knob: Knob):
+def _control(knob: Knob, value):
     if knob.name == "seed":
-        return gr.Number(knob.default, label=knob.label, info=knob.info, precision=0, minimum=knob.minimum,
+        return gr.Number(value, label=knob.label, info=knob.info, precision=0, minimum=knob.minimum,
                          maximum=knob.maximum, elem_id="seed")
-    return gr.Slider(knob.minimum, knob.maximum, value=knob.default, step=knob.step, label=knob.label, info=knob.info,
+    return gr.Slider(knob.minimum, knob.maximum, value=value, step=knob.step, label=knob.label, info=knob.info,
                      elem_id=knob.name.replace("_", "-"))
 
 

@@ -257,6 +257,20 @@ def test_early_stop_shows_the_eos_filled_tail(app_module, app):
     assert sum(t.startswith("step") for t in titles) == 8 and sum(t.startswith("filled") for t in titles) == 8
 
 
+def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module, app, monkeypatch):
+    config = app.engine.model.generation_config
+    for name, value in dict(max_new_tokens=48, steps=24, block_length=16, remasking="margin",
+                            variable_length=True).items():
+        monkeypatch.setattr(config, name, value)
+    defaults = app_module.Settings.defaults(config, context=128)
+    assert (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking) == (48, 24, 16, "margin")
+    assert app_module.Settings.defaults(config, context=64).max_new_tokens == app_module.KNOB["max_new_tokens"].default
+    # a request's own knobs win, and the canvas keeps its length (no variable-length blocks, infill is one block)
+    assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
+    frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
+    assert masks_left(frames[-1][0]) == 0 and frames[-1][1].blocks == 1
+
+
 def test_slider_scrubs_and_replay_plays_every_kept_step(app):
     frames = list(app.generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     trace, final = frames[-1][1], frames[-1][0]
