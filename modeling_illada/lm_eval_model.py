@@ -156,7 +156,9 @@ class IlladaEvalHarness(TemplateLM):
 
         self.mask_token_id = _special_id(self.model, "mask_token_id", self.settings.mask_token_id)
         if self.mask_token_id is None:
-            raise ValueError("No mask token id in the model's config or generation config: pass `mask_token_id=`.")
+            self.mask_token_id = getattr(tokenizer, "mask_token_id", None)
+        if self.mask_token_id is None:
+            raise ValueError("No mask token id in the model's configs or the tokenizer: pass `mask_token_id=`.")
         self.bos_token_id = _special_id(self.model, "bos_token_id", tokenizer.bos_token_id)
         self.eos_token_id = _special_id(self.model, "eos_token_id", tokenizer.eos_token_id)
         config_max = getattr(self.model.config, "max_position_embeddings", None)
