@@ -377,6 +377,24 @@ def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
     return None
 
 
+def training_arguments(output_dir, *, has_eval: bool, batch_size: int, gradient_accumulation_steps: int, max_steps: int,
+                       learning_rate: float, warmup_steps: int, lr_scheduler: str, weight_decay: float, eval_steps: int,
+                       save_steps: int, save_total_limit: int, logging_steps: int, seed: int, disable_tqdm: bool = False):
+    """The `TrainingArguments` of a run (shared with `bench/train_figures.py`, whose autoregressive twin must see
+    the same optimiser, schedule and batches): AdamW (beta2 0.95), gradient clipping at 1, fixed step budget."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler,
+        weight_decay=weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=logging_steps,
+        eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps, save_strategy="steps",
+        save_steps=save_steps, save_total_limit=save_total_limit, seed=seed, report_to="none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
+    )
+
+
 def train(
     output_dir,
     data=(),
@@ -420,7 +438,7 @@ def train(
     A non-empty `output_dir` is refused unless `overwrite` or `resume` (True: the last checkpoint; or a path).
     Returns the `Trainer`.
     """
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, Trainer
 
     from .modeling_illada import IlladaForMaskedDiffusion
 
@@ -475,14 +493,11 @@ def train(
         collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, random_length_prob=random_length_prob)
 
     # 4. The plain Trainer
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler,
-        weight_decay=weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=logging_steps,
-        eval_strategy="steps" if eval_set else "no", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=save_steps, save_total_limit=save_total_limit, seed=seed, report_to="none",
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
+    args = training_arguments(
+        output_dir, has_eval=bool(eval_set), batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+        max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
+        weight_decay=weight_decay, eval_steps=eval_steps, save_steps=save_steps, save_total_limit=save_total_limit,
+        logging_steps=logging_steps, seed=seed, disable_tqdm=disable_tqdm,
     )
     trainer = Trainer(
         model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
