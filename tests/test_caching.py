@@ -125,6 +125,23 @@ def test_one_layer_cached_generation_is_token_identical(name, cfg_scale):
 
 
 @pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize(
+    "knobs", [dict(variable_length=True, max_new_tokens=12, block_length=4), dict(max_new_tokens=0, block_length=3)]
+)
+def test_one_layer_cached_variable_length_and_infilling_are_token_identical(name, knobs):
+    # variable length grows the canvas block by block; infilling puts the block inside the prompt
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False)
+    prompt = torch.randint(4, 64, (1, 8), generator=torch.Generator().manual_seed(2))
+    if not knobs.get("variable_length"):
+        prompt[0, [2, 3, 5, 6]] = MASK
+    knobs = dict(eos_token_id=int(prompt[0, 1]), return_dict_in_generate=True, **knobs)
+    plain = model.generate(prompt, **knobs)
+    cached = model.generate(prompt, cache=name, **knobs)
+    assert torch.equal(cached.sequences, plain.sequences) and not bool((cached.sequences == MASK).any())
+    assert cached.num_positions_processed < plain.num_positions_processed
+
+
+@pytest.mark.parametrize("name", CACHED)
 def test_cached_left_padded_cfg_batch_matches_each_prompt_alone(name):
     model = tiny_model(tie_word_embeddings=False)
     x, mask, _ = padded_canvas(new=0)
