@@ -274,7 +274,10 @@ class DenoisingStep:
         prompt_length: columns before the generated region.
         tokens: `(B, L)` the canvas after this step (mask tokens where still masked).
         revealed: `(B, L)` bool, positions revealed at this step.
-        confidence: `(B, L)` float, the remasking score of revealed positions (NaN elsewhere).
+        confidence: `(B, L)` float, the remasking score of revealed positions (NaN elsewhere); its scale depends
+            on the strategy (a probability for `low_confidence`, noise for `random`, a negative entropy ...).
+        probability: `(B, L)` float, the model's softmax probability of each revealed token, in [0, 1] whatever
+            the strategy (NaN elsewhere): what a visualiser shades by.
         mask_token_id: the mask token.
     """
 
@@ -286,6 +289,7 @@ class DenoisingStep:
     tokens: torch.Tensor
     revealed: torch.Tensor
     confidence: torch.Tensor
+    probability: torch.Tensor
     mask_token_id: int
 
 
@@ -364,7 +368,8 @@ class IlladaGenerationMixin:
                 padding. Each row then generates what it would generate alone.
             streamer (*optional*): gets `put(prompt)`, `put_draft(value=canvas)` after every step (when it has
                 `put_draft`), `put(block)` for committed tokens and `end()`; `TextDiffusionStreamer` works.
-            on_step (`Callable[[DenoisingStep], None]`, *optional*): called after every step.
+            on_step (`Callable[[DenoisingStep], bool | None]`, *optional*): called after every step; returning `True`
+                stops generation there (the positions not yet revealed stay masked in the result).
             tokenizer (*optional*): needed for `stop_strings`.
             generator (`torch.Generator`, *optional*): source of randomness (temperature > 0, `random` remasking).
             kwargs: any `IlladaGenerationConfig` knob, e.g. `max_new_tokens=64, steps=64, block_length=32`.
@@ -422,6 +427,8 @@ class IlladaGenerationMixin:
         region_start = int(prompt_masks.any(0).nonzero()[0]) if infill else prompt_len
         region = total - region_start
         block_length = config.block_length or (region if infill else new_tokens)
+        if infill and new_tokens == 0 and "block_length" not in kwargs:
+            block_length = region  # pure infilling: one block over the holes, whatever the model's default
         if region % block_length:
             raise ValueError(
                 f"`block_length` ({block_length}) must divide the generated region ({region} tokens"
@@ -450,6 +457,7 @@ class IlladaGenerationMixin:
         history = [] if config.output_history else None
         step_index = 0
         revealed_total = 0  # tokens committed by denoising (not EOS fill), summed over rows
+        stopped = False  # set when on_step returns True
         if streamer is not None:
             streamer.put(prompt.cpu())
 
@@ -504,13 +512,20 @@ class IlladaGenerationMixin:
                     revealed[:, block_start:block_end] = reveal
                     scores = torch.full(x.shape, float("nan"), device=device)
                     scores[:, block_start:block_end] = confidence.masked_fill(~reveal, float("nan"))
-                    on_step(DenoisingStep(
+                    probability = torch.full(x.shape, float("nan"), device=device)
+                    chosen = torch.gather(logits.float().softmax(-1), -1, x0[..., None]).squeeze(-1)  # (B, Lb)
+                    probability[:, block_start:block_end] = chosen.masked_fill(~reveal, float("nan"))
+                    stopped = on_step(DenoisingStep(
                         step=step_index, block=block, block_start=block_start, block_end=block_end,
                         prompt_length=prompt_len, tokens=x.clone(), revealed=revealed, confidence=scores,
-                        mask_token_id=mask_id,
-                    ))
+                        probability=probability, mask_token_id=mask_id,
+                    )) is True
                 step_index += 1
                 block_step += 1
+                if stopped:
+                    break
+            if stopped:  # the caller's on_step asked to stop: return the canvas as it is
+                break
 
             # 3.c. commit
             if streamer is not None:

@@ -270,6 +270,29 @@ def test_on_step_receives_frozen_states():
     assert bool(torch.isfinite(seen[0].confidence[revealed]).all()) and bool(seen[0].confidence[~revealed].isnan().all())
 
 
+def test_on_step_can_stop_generation_and_reports_probabilities():
+    model = FakeDenoiser(*rising())
+    seen = []
+    out = model.generate(torch.tensor([[20, 21]]), max_new_tokens=8, steps=8, block_length=4,
+                         on_step=lambda s: seen.append(s) or len(seen) == 3, return_dict_in_generate=True)
+    assert len(seen) == 3 and out.num_forward_passes == 3
+    assert int((out.sequences == MASK).sum()) == 5  # stopped after 3 of 8 reveals
+    probability = seen[0].probability[seen[0].revealed]
+    assert bool(((probability > 0) & (probability <= 1)).all())
+    # the fake puts logit strength s on the target among 64 zeros: p = e^s / (e^s + 63)
+    strength = 1.0 + 0.1 * 5  # the first reveal is column 5, the last of block 0
+    torch.testing.assert_close(probability, torch.tensor([torch.e**strength / (torch.e**strength + 63)]))
+
+
+def test_pure_infilling_ignores_the_models_default_block_length():
+    model = tiny_model(tie_word_embeddings=False)
+    model.generation_config.block_length = 4
+    holes = torch.randint(4, 64, (1, 10))
+    holes[0, [1, 6]] = MASK
+    out = model.generate(holes, max_new_tokens=0)
+    assert not bool((out == MASK).any())
+
+
 class CountingStreamer:
     def __init__(self):
         self.puts, self.drafts, self.ends = [], [], 0
