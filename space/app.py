@@ -170,10 +170,6 @@ class Finished:
     seconds: float
 
 
-class _Stopped(Exception):
-    """Raised inside on_step when the browser went away, to end generate() early."""
-
-
 @dataclass
 class Engine:
     """A loaded model and tokenizer, and how a request becomes `model.generate` calls."""
@@ -249,7 +245,7 @@ class Engine:
         """Run `model.generate` in a worker thread; yield each `DenoisingStep` as it happens, then `Finished`.
 
         The worker's `on_step` puts steps on a queue and pauses `settings.pace_ms`; closing this generator (the
-        browser left, or Stop) makes the next `on_step` raise, which ends generate() early.
+        browser left, or Stop) makes the next `on_step` return True, which ends generate() early.
         """
         events, stop = queue.Queue(), threading.Event()
         paused = [0.0]
@@ -257,7 +253,7 @@ class Engine:
 
         def on_step(step):
             if stop.is_set():
-                raise _Stopped
+                return True  # generate() stops after this step
             events.put(step)
             if settings.pace_ms:
                 time.sleep(settings.pace_ms / 1000)
@@ -277,8 +273,6 @@ class Engine:
         try:
             while True:
                 item = events.get()
-                if isinstance(item, _Stopped):
-                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -334,7 +328,7 @@ class Trace:
         last = self.frames[-1]
         tokens = tuple(step.tokens[0, self.start:].tolist())
         new = frozenset(step.revealed[0, self.start:].nonzero().flatten().tolist())
-        scores = step.confidence[0, self.start:].tolist()
+        scores = step.probability[0, self.start:].tolist()  # in [0, 1] whatever the remasking strategy
         number = step.step + 1
         frame = Frame(
             step=number, block=step.block, block_span=(step.block_start - self.start, step.block_end - self.start),
@@ -365,12 +359,6 @@ class Trace:
 
 # Colours: the step that revealed a token picks a hue (early = blue, late = amber); its score shades it.
 PALETTE = ((0x3B, 0x5B, 0xDB), (0x70, 0x48, 0xE8), (0xC2, 0x25, 0x5C), (0xF0, 0x8C, 0x00), (0xF5, 0xB7, 0x00))
-SHADES = {  # remasking score -> shade in [0, 1]; "random" scores are noise, so they do not shade
-    "low_confidence": lambda score: score,
-    "margin": lambda score: score,
-    "entropy": math.exp,  # exp(-H): 1 for a certain prediction
-    "random": lambda score: 1.0,
-}
 
 
 def _mix(a, b, t):
@@ -401,7 +389,6 @@ def _label(text: str) -> str:
 def render_canvas(trace: Trace, engine: Engine, index: int | None = None, running: bool = False) -> str:
     """The HTML of one frame: a chip per position. All token text goes through `html.escape`."""
     frame = trace.frames[-1 if index is None else index]
-    shade = SHADES.get(trace.remasking, lambda score: min(max(score, 0.0), 1.0))
     masked = sum(token == trace.mask_token_id for token in frame.tokens)
     chips = []
     for i, (token, at, score) in enumerate(zip(frame.tokens, frame.revealed_at, frame.score)):
@@ -414,10 +401,10 @@ def render_canvas(trace: Trace, engine: Engine, index: int | None = None, runnin
             continue
         text = engine.piece(token)
         if at:
-            background, ink = step_colour((at - 1) / max(trace.planned_steps - 1, 1), shade(score))
+            background, ink = step_colour((at - 1) / max(trace.planned_steps - 1, 1), score)
             classes += ["new"] if i in frame.new else []
             style = f' style="background:{background};color:{ink}"'
-            title = f"step {at} · {trace.remasking} score {score:.3f} · id {token}"
+            title = f"step {at} · p {score:.3f} · id {token}"
         else:  # given text (infill), or filled with EOS after an end token
             classes += ["given"]
             origin = "filled" if trace.frames[0].tokens[i] == trace.mask_token_id else "given"
