@@ -64,6 +64,7 @@ def cmd_train(args) -> int:
             seq_length=args.seq_length, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
             max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
             lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, time_sampling=args.time_sampling,
+            loss_weighting=args.loss_weighting,
             random_length_prob=args.random_length_prob, eval_steps=args.eval_steps, save_steps=args.save_steps,
             logging_steps=args.logging_steps, seed=args.seed, overwrite=args.overwrite,
             resume=args.resume if args.resume != "last" else True,
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
     tr = sub.add_parser("train", help="train a masked diffusion LM with transformers.Trainer")
     source = tr.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", nargs="+", help="plain text files or folders (pretraining; documents packed with EOS)")
+    source.add_argument("--data", nargs="+", help="text files or folders (pretraining; documents packed with EOS)")
     source.add_argument("--sft", nargs="+", help='JSONL chats, one {"messages": [...]} per line (SFT)')
     tr.add_argument("--output", required=True, help="output folder (refused if non-empty without --overwrite/--resume)")
     tr.add_argument("--eval-data", nargs="+", dest="eval_data", help="held-out files (default: a split of the data)")
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr-scheduler", default="cosine", dest="lr_scheduler")
     tr.add_argument("--weight-decay", type=float, default=0.1, dest="weight_decay")
     tr.add_argument("--time-sampling", default="stratified", choices=["stratified", "uniform"], dest="time_sampling")
+    tr.add_argument("--loss-weighting", default="elbo", choices=["elbo", "uniform"], dest="loss_weighting",
+                    help="elbo: LLaDA's 1/p-weighted loss (default); uniform: mean CE over masked tokens")
     tr.add_argument("--random-length-prob", type=float, default=0.01, dest="random_length_prob")
     tr.add_argument("--eval-steps", type=int, default=200, dest="eval_steps")
     tr.add_argument("--save-steps", type=int, default=200, dest="save_steps")

@@ -56,6 +56,21 @@ def mask_probability(t: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return (1 - eps) * t + eps
 
 
+def elbo_weights(masked: torch.Tensor, p: torch.Tensor, normaliser) -> torch.Tensor:
+    """LLaDA's loss: 1 / p_mask per masked token, over the normaliser (batch x length, or batch x answer length).
+    Its expectation is the ELBO bound on the NLL per token."""
+    return masked.float() / p[:, None] / normaliser  # (B, L)
+
+
+def uniform_weights(masked: torch.Tensor, p: torch.Tensor, normaliser) -> torch.Tensor:
+    """The mean cross-entropy over the batch's masked tokens (no 1/p): not the ELBO, but a lower-variance gradient
+    (dLLM's "uniform" loss weight); trains faster at small scale. Evaluate with the ELBO all the same."""
+    return masked.float() / masked.sum().clamp(min=1)  # (B, L)
+
+
+LOSS_WEIGHTING = {"elbo": elbo_weights, "uniform": uniform_weights}
+
+
 def forward_process(x0, p, mask_token_id: int, noisable=None, generator=None):
     """Mask each token of `x0` `(B, L)` independently with probability `p` `(B,)`, only where `noisable`.
 
@@ -75,6 +90,8 @@ class MaskedDiffusionCollator:
         mask_token_id: the id written over masked positions.
         eps: floor of the masking probability.
         time_sampling: how t is drawn across the batch, one of `TIME_SAMPLING` (`"stratified"`, `"uniform"`).
+        loss_weighting: the per-token weights, one of `LOSS_WEIGHTING` (`"elbo"`: LLaDA's 1/p, the default;
+            `"uniform"`: mean CE over masked tokens).
         generator: a `torch.Generator` for reproducible noise; `None` uses torch's global RNG (which the Trainer
             seeds and restores on resume).
     """
@@ -82,6 +99,7 @@ class MaskedDiffusionCollator:
     mask_token_id: int
     eps: float = EPS
     time_sampling: str = "stratified"
+    loss_weighting: str = "elbo"
     generator: torch.Generator | None = None
 
     def __post_init__(self):
@@ -89,6 +107,8 @@ class MaskedDiffusionCollator:
             raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(f"Unknown `time_sampling` {self.time_sampling!r}; allowed: {sorted(TIME_SAMPLING)}.")
+        if self.loss_weighting not in LOSS_WEIGHTING:
+            raise ValueError(f"Unknown `loss_weighting` {self.loss_weighting!r}; allowed: {sorted(LOSS_WEIGHTING)}.")
         if not 0 < self.eps < 1:
             raise ValueError(f"`eps` must lie in (0, 1), got {self.eps!r}.")
 
@@ -98,7 +118,7 @@ class MaskedDiffusionCollator:
         p = mask_probability(t, self.eps)  # (B,)
         noisy, masked = forward_process(x0, p, self.mask_token_id, noisable, self.generator)
         labels = torch.where(masked, x0, torch.full_like(x0, -100))  # (B, L)
-        loss_weights = masked.float() / p[:, None] / normaliser  # (B, L)
+        loss_weights = LOSS_WEIGHTING[self.loss_weighting](masked, p, normaliser)  # (B, L)
         return {"input_ids": noisy, "labels": labels, "loss_weights": loss_weights}
 
 
@@ -133,7 +153,9 @@ class SFTCollator(MaskedDiffusionCollator):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.eos_token_id, int) or self.eos_token_id < 0:
-            raise ValueError(f"`eos_token_id` must be a non-negative integer (answers are padded with EOS), got {self.eos_token_id!r}.")
+            raise ValueError(
+                f"`eos_token_id` must be a non-negative integer (answers are padded with EOS), got {self.eos_token_id!r}."
+            )
 
     def __call__(self, features: list[dict]) -> dict:
         length = max(len(f["input_ids"]) for f in features)
@@ -170,7 +192,9 @@ def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2):
 
     specials = list(SPECIAL_TOKENS.values()) + CHAT_TOKENS
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
-        raise ValueError(f"`vocab_size` must be an integer >= {256 + len(specials)} (256 bytes + special tokens), got {vocab_size!r}.")
+        raise ValueError(
+            f"`vocab_size` must be an integer >= {256 + len(specials)} (256 bytes + special tokens), got {vocab_size!r}."
+        )
     texts = list(texts)
     if not any(t.strip() for t in texts):
         raise ValueError("Cannot train a tokenizer on an empty corpus.")
@@ -196,9 +220,11 @@ def check_tokenizer(tokenizer, sft: bool = False):
             "train a tokenizer with `train_tokenizer` / `illada train --train-tokenizer VOCAB`."
         )
     if tokenizer.eos_token_id is None:
-        raise ValueError("The tokenizer has no EOS token (`tokenizer.eos_token` is None): documents are packed with EOS between them.")
+        raise ValueError(
+            "The tokenizer has no EOS token (`tokenizer.eos_token` is None): documents are packed with EOS between them."
+        )
     if sft and not tokenizer.chat_template:
-        raise ValueError("SFT data goes through the tokenizer's chat template, but `tokenizer.chat_template` is not set.")
+        raise ValueError("SFT data goes through the tokenizer's chat template, but `tokenizer.chat_template` is unset.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,12 +315,14 @@ def read_conversations(paths) -> list[list[dict]]:
             messages = record.get("messages") if isinstance(record, dict) else record
             valid = (
                 isinstance(messages, list) and len(messages) >= 2
-                and all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages)
+                and all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                        for m in messages)
                 and messages[-1]["role"] == "assistant"
             )
             if not valid:
                 raise ValueError(
-                    f"{where}: not a conversation. Expected {{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}} "
+                    f"{where}: not a conversation. Expected "
+                    f"{{\"messages\": [{{\"role\": ..., \"content\": ...}}, ...]}} "
                     f"with at least two turns, roles among {list(ROLES)}, string contents, and an assistant turn last."
                 )
             conversations.append([{"role": m["role"], "content": m["content"]} for m in messages])
@@ -313,7 +341,9 @@ def encode_conversation(tokenizer, messages: list[dict], seq_length: int) -> dic
     if full[: len(prompt)] != prompt:
         raise ValueError("The tokenizer's chat template does not render the prompt as a prefix of the conversation.")
     if len(prompt) >= seq_length:
-        raise ValueError(f"A prompt has {len(prompt)} tokens, which leaves no room for its answer within `seq_length` {seq_length}.")
+        raise ValueError(
+            f"A prompt has {len(prompt)} tokens, which leaves no room for its answer within `seq_length` {seq_length}."
+        )
     answer = (full[len(prompt) :] + [tokenizer.eos_token_id])[: seq_length - len(prompt)]
     return {"input_ids": prompt + answer, "prompt_length": len(prompt)}
 
@@ -331,7 +361,8 @@ def model_config(tokenizer, seq_length: int, preset: str | None = None, config: 
 
     if isinstance(config, (str, os.PathLike)):
         config = json.loads(Path(config).read_text()) if Path(config).is_file() else json.loads(config)
-    fields = {k: v for k, v in (config or {}).items() if not k.startswith("_") and k not in ("architectures", "auto_map", "transformers_version")}
+    skip = ("architectures", "auto_map", "transformers_version")
+    fields = {k: v for k, v in (config or {}).items() if not k.startswith("_") and k not in skip}
     fields.update(
         mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -367,7 +398,9 @@ def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
     if resume:
         checkpoint = get_last_checkpoint(str(output_dir)) if resume is True and output_dir.is_dir() else resume
         if checkpoint is True or checkpoint is None or not Path(checkpoint).is_dir():
-            raise ValueError(f"`resume`: no checkpoint to resume from in {str(output_dir)!r} (looked for checkpoint-N folders).")
+            raise ValueError(
+                f"`resume`: no checkpoint to resume from in {str(output_dir)!r} (looked for checkpoint-N folders)."
+            )
         return str(checkpoint)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise ValueError(
@@ -377,9 +410,11 @@ def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
     return None
 
 
-def training_arguments(output_dir, *, has_eval: bool, batch_size: int, gradient_accumulation_steps: int, max_steps: int,
-                       learning_rate: float, warmup_steps: int, lr_scheduler: str, weight_decay: float, eval_steps: int,
-                       save_steps: int, save_total_limit: int, logging_steps: int, seed: int, disable_tqdm: bool = False):
+def training_arguments(
+    output_dir, *, has_eval: bool, batch_size: int, gradient_accumulation_steps: int, max_steps: int,
+    learning_rate: float, warmup_steps: int, lr_scheduler: str, weight_decay: float, eval_steps: int,
+    save_steps: int, save_total_limit: int, logging_steps: int, seed: int, disable_tqdm: bool = False,
+):
     """The `TrainingArguments` of a run (shared with `bench/train_figures.py`, whose autoregressive twin must see
     the same optimiser, schedule and batches): AdamW (beta2 0.95), gradient clipping at 1, fixed step budget."""
     from transformers import TrainingArguments
@@ -416,6 +451,7 @@ def train(
     lr_scheduler: str = "cosine",
     weight_decay: float = 0.1,
     time_sampling: str = "stratified",
+    loss_weighting: str = "elbo",
     random_length_prob: float = 0.01,
     eval_steps: int = 200,
     save_steps: int = 200,
@@ -465,16 +501,22 @@ def train(
         tokenizer = AutoTokenizer.from_pretrained(source)
     elif tokenizer is None:
         if not train_tokenizer_vocab:
-            raise ValueError("No tokenizer: pass `tokenizer` (a folder or Hub id), `model`, or `train_tokenizer_vocab`.")
+            raise ValueError("No tokenizer: pass `tokenizer` (folder or Hub id), `model`, or `train_tokenizer_vocab`.")
         texts = [m["content"] for chat in train_docs for m in chat] if sft else train_docs
         tokenizer = train_tokenizer(texts, train_tokenizer_vocab)
     check_tokenizer(tokenizer, sft=bool(sft))
     if source is not None:
         net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else _load_model(source)
         if seq_length > net.config.max_position_embeddings:
-            raise ValueError(f"`seq_length` {seq_length} exceeds the model's context (`max_position_embeddings` = {net.config.max_position_embeddings}).")
+            raise ValueError(
+                f"`seq_length` {seq_length} exceeds the model's context "
+                f"(`max_position_embeddings` = {net.config.max_position_embeddings})."
+            )
         if net.config.mask_token_id != tokenizer.mask_token_id:
-            raise ValueError(f"The tokenizer's mask token id ({tokenizer.mask_token_id}) differs from the model's `mask_token_id` ({net.config.mask_token_id}).")
+            raise ValueError(
+                f"The tokenizer's mask token id ({tokenizer.mask_token_id}) differs from the model's "
+                f"`mask_token_id` ({net.config.mask_token_id})."
+            )
     else:
         cfg, generation = model_config(tokenizer, seq_length, preset, config)
         torch.manual_seed(seed)
@@ -486,16 +528,19 @@ def train(
     if sft:
         train_set = [encode_conversation(tokenizer, chat, seq_length) for chat in train_docs]
         eval_set = [encode_conversation(tokenizer, chat, seq_length) for chat in heldout]
-        collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, eos_token_id=tokenizer.eos_token_id)
+        collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
+                               eos_token_id=tokenizer.eos_token_id)
     else:
         train_set = pack_documents(train_docs, tokenizer, seq_length)
         eval_set = pack_documents(heldout, tokenizer, seq_length) if heldout else []
-        collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, random_length_prob=random_length_prob)
+        collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
+                                    random_length_prob=random_length_prob)
 
     # 4. The plain Trainer
     args = training_arguments(
-        output_dir, has_eval=bool(eval_set), batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-        max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
+        output_dir, has_eval=bool(eval_set), batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps, learning_rate=learning_rate,
+        warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
         weight_decay=weight_decay, eval_steps=eval_steps, save_steps=save_steps, save_total_limit=save_total_limit,
         logging_steps=logging_steps, seed=seed, disable_tqdm=disable_tqdm,
     )
@@ -519,7 +564,8 @@ def train(
         "train_tokenizer_vocab": train_tokenizer_vocab, "seq_length": seq_length, "batch_size": batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "max_steps": max_steps,
         "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
-        "weight_decay": weight_decay, "time_sampling": time_sampling, "random_length_prob": random_length_prob,
+        "weight_decay": weight_decay, "time_sampling": time_sampling, "loss_weighting": loss_weighting,
+        "random_length_prob": random_length_prob,
         "seed": seed, "train_sequences": len(train_set), "eval_sequences": len(eval_set),
         "train_documents": len(train_docs), "eval_documents": len(heldout),
         "parameters": sum(p.numel() for p in net.parameters()), "wall_seconds": round(time.time() - started, 1),

@@ -104,6 +104,19 @@ def test_pretrain_loss_equals_hand_computation():
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_uniform_weighting_is_the_mean_masked_cross_entropy():
+    model = tiny_model()
+    x0 = torch.randint(4, 64, (3, 10))
+    batch = PretrainCollator(mask_token_id=3, loss_weighting="uniform", generator=torch.Generator().manual_seed(5))(
+        [{"input_ids": row.tolist()} for row in x0]
+    )
+    masked = batch["labels"] != -100
+    expected = hand_ce(model(batch["input_ids"]).logits, x0)[masked].mean()
+    assert model(**batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        PretrainCollator(mask_token_id=3, loss_weighting="1/t")
+
+
 def test_stratified_times_cover_the_unit_interval():
     t = stratified_times(8, torch.Generator().manual_seed(0)).sort().values
     assert torch.all((t >= torch.arange(8) / 8) & (t < (torch.arange(8) + 1) / 8))
