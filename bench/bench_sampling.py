@@ -32,7 +32,6 @@ model finds the text likelier.
 """
 
 import argparse
-import math
 import os
 import platform
 import time
@@ -329,15 +328,16 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     end_ids = {int(model.config.eos_token_id)} | ({int(eot)} if eot is not None else set())
     # documents were packed after an EOS: a prompt starts as a document does
     start = [int(model.config.eos_token_id)]
-    prompts = [torch.tensor([start + tokenizer(text, add_special_tokens=False)["input_ids"]])
-               for text in DEMO_PROMPTS[: args.prompts]]
+    prompts = [torch.tensor([start + tokenizer(text, add_special_tokens=False)["input_ids"]]) for text in DEMO_PROMPTS]
+    counts = args.prompts if len(args.prompts) == len(lengths) else [args.prompts[0]] * len(lengths)
     longest = max(p.shape[1] for p in prompts) + max(lengths)
     trained = model.config.max_position_embeddings
     if longest > trained:
         model.config.max_position_embeddings = longest
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    notes.append(f"demo: {args.demo_path or 'the shipped demo model'}, {params:.1f}M parameters, {len(prompts)} prompts "
-                 f"of {[p.shape[1] for p in prompts]} tokens (EOS + text), every mode run to the end"
+    notes.append(f"demo: {args.demo_path or 'the shipped demo model'}, {params:.1f}M parameters, "
+                 f"{dict(zip(lengths, counts))} prompts per length, of {[p.shape[1] for p in prompts[: max(counts)]]} "
+                 f"tokens (EOS + text), every mode run to the end"
                  + (f"; context raised from {trained} to {longest} (RoPE extrapolation)" if longest > trained else ""))
     counter = Counter(model)
     model.generate(prompts[0], max_new_tokens=block, steps=block, block_length=block)  # warm-up
@@ -346,13 +346,13 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
         twin.generate(prompts[0], attention_mask=torch.ones_like(prompts[0]), max_new_tokens=4, do_sample=False,
                       pad_token_id=model.config.pad_token_id)  # warm-up
     rows = []
-    for n in lengths:
+    for n, count in zip(lengths, counts):
         for mode in MODES:
-            row = run_full(model, counter, prompts, n, block, mode, end_ids)
-            row.model, row.elbo = "demo", elbo_per_token(model, prompts, row.outputs)
+            row = run_full(model, counter, prompts[:count], n, block, mode, end_ids)
+            row.model, row.elbo = "demo", elbo_per_token(model, prompts[:count], row.outputs)
             rows.append(row)
         if twin is not None:
-            rows.append(run_autoregressive(twin, prompts, n))
+            rows.append(run_autoregressive(twin, prompts[:count], n))
             rows[-1].model = "demo"
         print(f"[{time.perf_counter() - began:.0f}s] demo length {n} done", flush=True)
     return rows
@@ -365,7 +365,8 @@ def random_section(args, lengths, block, notes, began) -> list[Row]:
     model = IlladaForMaskedDiffusion(config).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     name = f"rand-{params:.0f}M" if params >= 1 else "rand-tiny"
-    prompt = torch.randint(4, config.vocab_size, (1, args.random_prompt_length), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(4, config.vocab_size, (1, args.random_prompt_length), generator=generator)
     notes.append(f"{name}: {params:.1f}M parameters, 1 prompt of {prompt.shape[1]} tokens, diffusion rows "
                  f"extrapolated from the first {args.sampled_steps} steps of the first and last block")
     counter = Counter(model)
@@ -393,7 +394,8 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="generation lengths (default 128 256 512)")
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--demo-path", default=None, help="a model folder to use instead of the shipped demo")
-    parser.add_argument("--prompts", type=int, default=2, help="demo prompts per length (batch 1 each)")
+    parser.add_argument("--prompts", type=int, nargs="+", default=[2, 2, 1],
+                        help="demo prompts (batch 1 each) per length, one value for all lengths or one per length")
     parser.add_argument("--random-prompt-length", type=int, default=16)
     parser.add_argument("--sampled-steps", type=int, default=4, help="steps timed per sampled block (random model)")
     parser.add_argument("--threads", type=int, default=1,
