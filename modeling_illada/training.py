@@ -168,7 +168,26 @@ class SFTCollator(MaskedDiffusionCollator):
         return self.corrupt(x0, noisable, answer_length * len(features))
 
 
-OBJECTIVES = {"pretrain": PretrainCollator, "sft": SFTCollator}
+@dataclass
+class CausalCollator:
+    """Autoregressive batches for the same model (no diffusion): clean `input_ids`, a causal 4-D `attention_mask`
+    `(B, 1, L, L)`, `labels` = the next token at every position (-100 at the last) and uniform `loss_weights`, so
+    the model's loss is the mean next-token cross-entropy. Used for an autoregressive twin of the same architecture
+    (a baseline) and for the AR stage of AR-to-diffusion adaptation (as Dream / DiffuLLaMA start from AR models)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        x = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)  # (B, L)
+        batch, length = x.shape
+        labels = torch.full_like(x, -100)
+        labels[:, :-1] = x[:, 1:]  # (B, L)
+        causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L), True = attend
+        weights = (labels != -100).float() / max(batch * (length - 1), 1)  # (B, L)
+        return {"input_ids": x, "attention_mask": causal.expand(batch, 1, length, length).contiguous(),
+                "labels": labels, "loss_weights": weights}
+
+
+# Plain-text objectives by name (SFT is always the diffusion objective).
+OBJECTIVES = {"diffusion": PretrainCollator, "autoregressive": CausalCollator}
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tokenizer
@@ -450,6 +469,7 @@ def train(
     warmup_steps: int = 100,
     lr_scheduler: str = "cosine",
     weight_decay: float = 0.1,
+    objective: str = "diffusion",
     time_sampling: str = "stratified",
     loss_weighting: str = "elbo",
     random_length_prob: float = 0.01,
@@ -481,9 +501,11 @@ def train(
     started = time.time()
     output_dir = Path(output_dir)
     checkpoint = _check_output_dir(output_dir, overwrite, resume)
-    objective = "sft" if sft else "pretrain"
     if bool(data) == bool(sft):
         raise ValueError("Pass exactly one of `data` (plain text, pretraining) or `sft` (JSONL chats).")
+    if objective not in OBJECTIVES or (sft and objective != "diffusion"):
+        allowed = ["diffusion"] if sft else sorted(OBJECTIVES)
+        raise ValueError(f"Unknown `objective` {objective!r} for {'SFT' if sft else 'plain text'}; allowed: {allowed}.")
 
     # 1. Documents and the held-out split
     documents = read_conversations(sft) if sft else read_documents(data, doc_separator)
@@ -533,8 +555,11 @@ def train(
     else:
         train_set = pack_documents(train_docs, tokenizer, seq_length)
         eval_set = pack_documents(heldout, tokenizer, seq_length) if heldout else []
-        collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
-                                    random_length_prob=random_length_prob)
+        if objective == "autoregressive":
+            collator = CausalCollator()
+        else:
+            collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling,
+                                        loss_weighting=loss_weighting, random_length_prob=random_length_prob)
 
     # 4. The plain Trainer
     args = training_arguments(
@@ -557,7 +582,7 @@ def train(
     if eval_set:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     recipe = {
-        "objective": objective, "data": [str(p) for p in _as_list(data or sft)],
+        "objective": "sft" if sft else objective, "data": [str(p) for p in _as_list(data or sft)],
         "eval_data": [str(p) for p in _as_list(eval_data)], "eval_fraction": eval_fraction,
         "doc_separator": doc_separator, "model": str(model) if model else None, "preset": preset,
         "config": config if not isinstance(config, os.PathLike) else str(config),

@@ -10,13 +10,15 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
 
 from conftest import tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
 from modeling_illada.cli import main
+from modeling_illada.demo import DEMO_FILES, export_demo_model
 from modeling_illada.training import (
     EPS,
+    CausalCollator,
     PretrainCollator,
     SFTCollator,
     encode_conversation,
@@ -150,6 +152,22 @@ def test_sft_prompt_never_masked_and_loss_normalised_by_answer_length():
     assert model(**batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_autoregressive_objective_is_next_token_cross_entropy_under_a_causal_mask():
+    model = tiny_model()
+    x = torch.randint(4, 64, (2, 9))
+    batch = CausalCollator()([{"input_ids": row.tolist()} for row in x])
+    assert batch["attention_mask"].shape == (2, 1, 9, 9) and not batch["attention_mask"][0, 0, 0, 1]
+    expected = hand_ce(model(x, attention_mask=batch["attention_mask"]).logits[:, :-1], x[:, 1:]).mean()
+    assert model(**batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # causal: changing the last token changes no earlier prediction
+    changed = x.clone()
+    changed[:, -1] = (x[:, -1] + 1 - 4) % 60 + 4
+    before, after = (model(ids, attention_mask=batch["attention_mask"]).logits[:, :-1] for ids in (x, changed))
+    torch.testing.assert_close(before, after)
+    with pytest.raises(ValueError, match="objective"):
+        train("unused", sft=["chats.jsonl"], objective="autoregressive")
+
+
 def test_gradients_flow_to_every_parameter():
     model = tiny_model().train()
     batch = PretrainCollator(mask_token_id=3, generator=torch.Generator().manual_seed(0))(
@@ -223,6 +241,17 @@ def test_checkpoint_is_hub_native_and_reloads_without_the_package(tmp_path, corp
         expected = trainer.model.eval()(ids).logits
     got = run_without_package(checkpoint, expected, tmp_path)
     assert got["diff"] < 1e-5 and got["module"].startswith("transformers_modules") and got["generated"] == 8
+
+    # the demo export: no code files, chat template inside tokenizer_config.json, generation knobs applied
+    demo = tmp_path / "demo"
+    export_demo_model(out, target=demo, temperature=0.5)
+    assert sorted(p.name for p in demo.iterdir()) == sorted(DEMO_FILES)
+    assert json.loads((demo / "tokenizer_config.json").read_text())["chat_template"]
+    assert json.loads((demo / "generation_config.json").read_text())["temperature"] == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModel.from_pretrained(demo).eval()(ids).logits, expected)
+    with pytest.raises(ValueError, match="overwrite"):
+        export_demo_model(out, target=demo)
 
 
 class StopAt(TrainerCallback):
