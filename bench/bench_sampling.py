@@ -180,10 +180,6 @@ def run_full(model, counter, prompts, n, block, mode: Mode, end_ids) -> Row:
                sum(len(o) for o in outputs), outputs)
 
 
-class _Enough(Exception):
-    pass
-
-
 def _time_block(model, counter, canvas_prompt, n, block, knobs, sampled_steps):
     """Time the first `sampled_steps` steps of the first block of `generate(canvas_prompt, n)`: per-step seconds,
     positions and reveals."""
@@ -193,14 +189,10 @@ def _time_block(model, counter, canvas_prompt, n, block, knobs, sampled_steps):
         marks.append(time.perf_counter())
         positions.append(counter.read()[1])
         reveals.append(int(state.revealed.sum()))
-        if len(marks) >= sampled_steps:
-            raise _Enough
+        return len(marks) >= sampled_steps  # True stops generate
 
     start, pos0 = time.perf_counter(), counter.read()[1]
-    try:
-        model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **knobs)
-    except _Enough:
-        pass
+    model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **knobs)
     times = [b - a for a, b in zip([start] + marks, marks)]
     fed = [b - a for a, b in zip([pos0] + positions, positions)]
     if any(r != 1 for r in reveals):
