@@ -109,7 +109,7 @@ class IlladaConfig(PreTrainedConfig):
         tie_word_embeddings (`bool`, defaults to `True`): share the embedding with the LM head.
         rope_full_precision (`bool`, defaults to `False`): rotate q/k in float32 (LLaDA) rather than in the
             activations' dtype (Llama, iLLaDA). Identical in float32; differs in the last bits in bfloat16.
-        mask_token_id (`int`, defaults to 5): the diffusion mask token (iLLaDA: 5, LLaDA: 126336).
+        mask_token_id (`int`, defaults to 5): the diffusion mask token (iLLaDA: 5; LLaDA: its config.json says).
         bos_token_id / eos_token_id / pad_token_id: special ids (iLLaDA: 0 / 2 / 1).
 
     Example:
@@ -211,7 +211,7 @@ class IlladaConfig(PreTrainedConfig):
 class LladaConfig(IlladaConfig):
     """`IlladaConfig` under LLaDA's model type: reads LLaDA-8B / LLaDA-1.5 `config.json` (OLMo-style names).
 
-    The LLaDA checkpoints are multi-head (32 KV heads), untied and use mask id 126336; those values come from
+    The LLaDA checkpoints are multi-head (32 KV heads), untied and have their own mask id; those values come from
     the checkpoint's own config, never from code.
     """
 

@@ -387,7 +387,7 @@ class IlladaGenerationMixin:
         if mask_id is None:
             raise ValueError(
                 "No mask token id: set `mask_token_id` in the generation config, the model config, or pass "
-                "`mask_token_id=` (iLLaDA uses 5, LLaDA 126336)."
+                "`mask_token_id=` (iLLaDA uses 5; LLaDA checkpoints declare theirs in config.json)."
             )
         eos_ids = _as_id_list(config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id)
         end_ids = eos_ids + _as_id_list(config.eot_token_id)
