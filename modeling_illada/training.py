@@ -9,8 +9,10 @@ The masked-diffusion objective is split so that nothing in the Trainer needs for
 
 So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model. Differences from LLaDA's
 published recipe (GUIDELINES.md) are options, not changes: t may be stratified across the batch (MDLM's
-low-discrepancy sampler), and the whole batch is cut to a random length with probability `random_length_prob`
-(LLaDA: 1%).
+low-discrepancy sampler, the default), the whole batch is cut to a random length with probability
+`random_length_prob` (LLaDA: 1%), `loss_weighting="uniform"` drops the 1/p weights (dLLM's "uniform"), and
+`objective="autoregressive"` trains the same model under a causal mask (`CausalCollator`): an AR baseline of the
+same architecture, or the first stage of AR-to-diffusion adaptation (`train(model=<its checkpoint>)`).
 
 Notation (code -> LLaDA paper): `x0` -> x_0, the clean tokens; `noisy` -> x_t; `p` -> p_mask;
 `noisable` -> positions the forward process may mask (all for pretraining, the answer for SFT).

@@ -356,3 +356,37 @@ def test_split_is_deterministic_and_disjoint():
     train_docs, heldout = split_documents(docs, 0.1)
     assert set(heldout) == set(split_documents(list(reversed(docs)), 0.1)[1])  # order-independent
     assert heldout and not set(heldout) & set(train_docs) and len(train_docs) + len(heldout) == len(docs)
+
+
+# --- the shipped demo model -----------------------------------------------------------------------------------
+
+
+def pseudo_nll(model, tokenizer, text: str) -> float:
+    """Mean CE of each token with only that token masked (one row per position)."""
+    x = torch.tensor(tokenizer(text).input_ids)
+    rows = x.repeat(len(x), 1)
+    rows[torch.arange(len(x)), torch.arange(len(x))] = tokenizer.mask_token_id
+    with torch.no_grad():
+        logits = model(rows).logits[torch.arange(len(x)), torch.arange(len(x))]
+    return torch.nn.functional.cross_entropy(logits, x).item()
+
+
+def test_shipped_demo_model_is_complete_and_prefers_english():
+    from pathlib import Path
+
+    from modeling_illada.demo import demo_model_path, load_demo
+
+    folder = Path(demo_model_path())
+    names = {p.name for p in folder.iterdir()}
+    assert set(DEMO_FILES) | {"README.md"} == names  # no code files: the package supplies them
+    assert (folder / "model.safetensors").stat().st_size <= 30 * 2**20
+    model, tokenizer = load_demo()
+    assert tokenizer.mask_token_id == model.config.mask_token_id and tokenizer.chat_template
+    assert model.generation_config.max_new_tokens == 64 and model.generation_config.block_length == 32
+    english = pseudo_nll(model, tokenizer, "The man walked into the room and sat down at the table.")
+    nonsense = pseudo_nll(model, tokenizer, "zq xv plonk wibble frazzle quux snorf glarb.")
+    assert english < 5.0 and english < nonsense - 1.5, (english, nonsense)
+    torch.manual_seed(0)
+    ids = tokenizer("A man", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=16, steps=16, block_length=16)
+    assert out.shape == (1, ids.shape[1] + 16) and (out != tokenizer.mask_token_id).all()
