@@ -517,7 +517,9 @@ def train(
     else:
         train_docs, heldout = split_documents(documents, eval_fraction)
 
-    # 2. Tokenizer and model
+    # 2. Tokenizer and model (a resumed run takes both from its checkpoint, whatever else is passed)
+    if model is not None and (preset is not None or config is not None):
+        raise ValueError("`preset` / `config` describe a new model: they cannot be combined with `model` (fine-tuning).")
     source = checkpoint or model
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)

@@ -335,6 +335,11 @@ def test_tokenizer_without_mask_token_is_refused(tmp_path, corpus):
         train(tmp_path / "out", data=[corpus], tokenizer=no_mask, **fast)
 
 
+def test_fine_tuning_refuses_a_new_architecture(tmp_path, corpus):
+    with pytest.raises(ValueError, match="cannot be combined with `model`"):
+        train(tmp_path / "out", data=[corpus], model="some/model", **FAST)
+
+
 def test_sequence_length_beyond_context_is_refused(tmp_path, corpus):
     with pytest.raises(ValueError, match="exceeds the model's context"):
         train(tmp_path / "out", data=[corpus], **{**FAST, "seq_length": 128})
