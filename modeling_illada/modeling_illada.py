@@ -262,6 +262,9 @@ class IlladaPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = True
+    # forward takes **kwargs but its loss is already a per-batch mean: the Trainer must still divide it by the
+    # gradient-accumulation steps, which it skips for models that "accept loss kwargs"
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module):

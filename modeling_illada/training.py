@@ -548,7 +548,6 @@ def train(
         torch.manual_seed(seed)
         net = IlladaForMaskedDiffusion(cfg)
         net.generation_config = generation
-    net.accepts_loss_kwargs = False  # the loss is a per-batch mean: the Trainer must divide it by accumulation steps
 
     # 3. Datasets and the forward process
     if sft:
