@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
     try:
         trainer = train(
             args.output, data=args.data or (), sft=args.sft or (), eval_data=args.eval_data or (),
-            eval_fraction=args.eval_fraction, doc_separator=args.doc_separator, model=args.model,
+            eval_fraction=args.eval_fraction, doc_separator=args.doc_separator, packing=args.packing, model=args.model,
             tokenizer=args.tokenizer, train_tokenizer_vocab=args.train_tokenizer, preset=args.preset, config=config,
             seq_length=args.seq_length, batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
             max_steps=args.max_steps, learning_rate=args.lr, warmup_steps=args.warmup_steps,
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--eval-data", nargs="+", dest="eval_data", help="held-out files (default: a split of the data)")
     tr.add_argument("--eval-fraction", type=float, default=0.02, dest="eval_fraction")
     tr.add_argument("--doc-separator", dest="doc_separator", help='line that separates documents in a file, e.g. "%%"')
+    tr.add_argument("--no-packing", action="store_false", dest="packing",
+                    help="plain text: one document per sequence, padded with EOS to --seq-length (the model learns to stop)")
     tok = tr.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer", help="tokenizer folder or Hub id")
     tok.add_argument("--train-tokenizer", type=int, dest="train_tokenizer", metavar="VOCAB",

@@ -205,12 +205,19 @@ class IlladaGenerationConfig(GenerationConfig):
         return unused
 
     def merged(self, **overrides) -> "IlladaGenerationConfig":
-        """A validated copy with `overrides` applied; unknown names raise."""
+        """A validated copy with `overrides` applied; unknown names raise.
+
+        A `max_new_tokens` override shorter than the stored `block_length` (and no `block_length` override) makes
+        the whole generation one block, so `generate(ids, max_new_tokens=16)` works on a model whose saved config
+        uses blocks of 32; any other disagreement is reported by `validate`."""
         knobs = self.knobs()
         for alias, name in ALIASES.items():
             if alias in overrides:
                 overrides[name] = overrides.pop(alias)
         knobs.update(overrides)
+        length, block = knobs.get("max_new_tokens"), knobs.get("block_length")
+        if "max_new_tokens" in overrides and "block_length" not in overrides and length and block and length < block:
+            knobs["block_length"] = length
         return type(self)(**knobs)
 
     @classmethod

@@ -174,7 +174,8 @@ class SFTCollator(MaskedDiffusionCollator):
 class CausalCollator:
     """Autoregressive batches for the same model (no diffusion): clean `input_ids`, a causal 4-D `attention_mask`
     `(B, 1, L, L)`, `labels` = the next token at every position (-100 at the last) and uniform `loss_weights`, so
-    the model's loss is the mean next-token cross-entropy. Used for an autoregressive twin of the same architecture
+    the model's loss is the mean next-token cross-entropy. For padded documents (features with `answer_length`,
+    from `pad_documents`) a row's labels stop at its first EOS. Used for an autoregressive twin of the same architecture
     (a baseline) and for the AR stage of AR-to-diffusion adaptation (as Dream / DiffuLLaMA start from AR models)."""
 
     def __call__(self, features: list[dict]) -> dict:
@@ -182,8 +183,11 @@ class CausalCollator:
         batch, length = x.shape
         labels = torch.full_like(x, -100)
         labels[:, :-1] = x[:, 1:]  # (B, L)
+        if "answer_length" in features[0]:  # padded documents: predict up to the first EOS, not the padding
+            valid = torch.tensor([f["prompt_length"] + f["answer_length"] for f in features])  # (B,)
+            labels[torch.arange(length)[None, :] >= (valid - 1)[:, None]] = -100
         causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L), True = attend
-        weights = (labels != -100).float() / max(batch * (length - 1), 1)  # (B, L)
+        weights = (labels != -100).float() / (labels != -100).sum().clamp(min=1)  # (B, L)
         return {"input_ids": x, "attention_mask": causal.expand(batch, 1, length, length).contiguous(),
                 "labels": labels, "loss_weights": weights}
 
@@ -315,6 +319,21 @@ def pack_documents(documents: list[str], tokenizer, seq_length: int) -> list[dic
     if len(stream) < seq_length:
         raise ValueError(f"The corpus has {len(stream)} tokens, fewer than one sequence of `seq_length` {seq_length}.")
     return [{"input_ids": stream[i : i + seq_length]} for i in range(0, len(stream) - seq_length + 1, seq_length)]
+
+
+def pad_documents(documents: list[str], tokenizer, seq_length: int) -> list[dict]:
+    """One sequence per document (no packing): its tokens, then EOS up to `seq_length`. This is LLaDA's SFT
+    layout with an empty prompt: the EOS padding is trained, so the model learns where a text ends and fills the
+    rest of a long canvas with EOS (which early stopping and parallel decoding then exploit). A document longer
+    than `seq_length - 1` keeps its first `seq_length - 1` tokens and one EOS."""
+    if not isinstance(seq_length, int) or seq_length < 2:
+        raise ValueError(f"`seq_length` must be an integer >= 2, got {seq_length!r}.")
+    rows = []
+    for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]:
+        ids = ids[: seq_length - 1] + [tokenizer.eos_token_id]
+        rows.append({"input_ids": ids + [tokenizer.eos_token_id] * (seq_length - len(ids)), "prompt_length": 0,
+                     "answer_length": len(ids)})
+    return rows
 
 
 ROLES = ("system", "user", "assistant")
@@ -458,6 +477,7 @@ def train(
     eval_data=(),
     eval_fraction: float = 0.02,
     doc_separator: str | None = None,
+    packing: bool = True,
     model: str | None = None,
     tokenizer=None,
     train_tokenizer_vocab: int | None = None,
@@ -488,7 +508,8 @@ def train(
     """Train a masked diffusion LM with `transformers.Trainer` and save it Hub-native in `output_dir`.
 
     Pretraining reads plain text (`data`: files or folders, documents packed with EOS between them; split by
-    `doc_separator` lines); SFT reads JSONL chats (`sft`). Held-out data is `eval_data`, or else a deterministic
+    `doc_separator` lines; with `packing=False` each document is one sequence padded with EOS, see
+    `pad_documents`); SFT reads JSONL chats (`sft`). Held-out data is `eval_data`, or else a deterministic
     `eval_fraction` of the documents; its loss is reported every `eval_steps`. The model is new (from `preset`
     and/or `config` fields) or loaded from `model`; the tokenizer is `tokenizer` (a folder, Hub id or object),
     the model's, or one trained here with `train_tokenizer_vocab` tokens. Checkpoints (`checkpoint-N`) and the
@@ -556,13 +577,17 @@ def train(
         collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
                                eos_token_id=tokenizer.eos_token_id)
     else:
-        train_set = pack_documents(train_docs, tokenizer, seq_length)
-        eval_set = pack_documents(heldout, tokenizer, seq_length) if heldout else []
+        layout = pack_documents if packing else pad_documents
+        train_set = layout(train_docs, tokenizer, seq_length)
+        eval_set = layout(heldout, tokenizer, seq_length) if heldout else []
         if objective == "autoregressive":
             collator = CausalCollator()
-        else:
+        elif packing:
             collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling,
                                         loss_weighting=loss_weighting, random_length_prob=random_length_prob)
+        else:  # padded documents are SFT rows with an empty prompt
+            collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling,
+                                   loss_weighting=loss_weighting, eos_token_id=tokenizer.eos_token_id)
 
     # 4. The plain Trainer
     args = training_arguments(
@@ -587,7 +612,7 @@ def train(
     recipe = {
         "objective": "sft" if sft else objective, "data": [str(p) for p in _as_list(data or sft)],
         "eval_data": [str(p) for p in _as_list(eval_data)], "eval_fraction": eval_fraction,
-        "doc_separator": doc_separator, "model": str(model) if model else None, "preset": preset,
+        "doc_separator": doc_separator, "packing": packing, "model": str(model) if model else None, "preset": preset,
         "config": config if not isinstance(config, os.PathLike) else str(config),
         "train_tokenizer_vocab": train_tokenizer_vocab, "seq_length": seq_length, "batch_size": batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "max_steps": max_steps,

@@ -370,6 +370,14 @@ def test_model_generation_defaults_load_from_the_folder(tmp_path):
     assert (again.generation_config.steps, again.generation_config.block_length) == (4, 4)
     assert again.generate(torch.randint(4, 64, (1, 3))).shape == (1, 11)
 
+    # a shorter length than the saved block makes one block; a length the block does not divide is still an error
+    assert again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2).shape == (1, 5)
+    assert again.generation_config.block_length == 4  # the model's defaults are untouched
+    with pytest.raises(ValueError, match="block_length"):
+        again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=6)
+    with pytest.raises(ValueError, match="block_length"):
+        again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2, block_length=4)
+
 
 @pytest.mark.parametrize(
     "knobs,message",

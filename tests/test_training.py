@@ -24,6 +24,7 @@ from modeling_illada.training import (
     encode_conversation,
     mask_probability,
     pack_documents,
+    pad_documents,
     read_conversations,
     read_documents,
     split_documents,
@@ -203,6 +204,31 @@ def test_packing_puts_eos_between_documents():
     assert [f["input_ids"] for f in packed] == [stream[i : i + 8] for i in range(0, len(stream) - 7, 8)]
 
 
+def test_unpacked_documents_are_padded_with_trained_eos():
+    tokenizer = train_tokenizer(sentences(), vocab_size=300)
+    docs = ["the cat sees the dog.", "the cow feeds the fish and the dog sees the cat and the cow."]
+    ids = [tokenizer(d, add_special_tokens=False).input_ids for d in docs]
+    assert len(ids[0]) + 1 < 12 < len(ids[1])
+    rows = pad_documents(docs, tokenizer, 12)
+    assert rows[0]["input_ids"] == ids[0] + [2] * (12 - len(ids[0])) and rows[0]["answer_length"] == len(ids[0]) + 1
+    assert rows[1]["input_ids"] == ids[1][:11] + [2] and rows[1]["answer_length"] == 12  # cut, still ends in EOS
+    assert all(r["prompt_length"] == 0 for r in rows)
+    # diffusion: every position, padding included, can be masked (LLaDA's SFT with an empty prompt)
+    batch = SFTCollator(mask_token_id=3, eos_token_id=2, generator=torch.Generator().manual_seed(0))(rows * 50)
+    assert ((batch["labels"] == 2) & (torch.arange(12) > len(ids[0]))).any()
+    assert (batch["labels"] != -100).any(dim=0).all()
+    # autoregressive: labels run up to and including the first EOS, never into the padding
+    model = tiny_model()
+    rows = [{"input_ids": [9, 8, 7, 2, 2, 2], "prompt_length": 0, "answer_length": 4},
+            {"input_ids": [5, 6, 7, 8, 9, 2], "prompt_length": 0, "answer_length": 6}]
+    batch = CausalCollator()(rows)
+    assert batch["labels"].tolist() == [[8, 7, 2, -100, -100, -100], [6, 7, 8, 9, 2, -100]]
+    x = torch.tensor([r["input_ids"] for r in rows])
+    ce = hand_ce(model(x, attention_mask=batch["attention_mask"]).logits, batch["labels"].clamp(min=0))
+    expected = ce[batch["labels"] != -100].mean()
+    assert model(**batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def fixed_noise_loss(model, sequences) -> float:
     batch = PretrainCollator(mask_token_id=model.config.mask_token_id, generator=torch.Generator().manual_seed(0))(sequences)
     with torch.no_grad():
@@ -304,6 +330,15 @@ def test_sft_run_through_the_cli(tmp_path, capsys):
     assert code == 0
     recipe = json.loads((tmp_path / "sft" / "illada_train.json").read_text())
     assert recipe["objective"] == "sft" and recipe["global_step"] == 2
+
+
+def test_unpacked_pretraining_through_the_cli(tmp_path, corpus):
+    code = main(["train", "--data", str(corpus), "--doc-separator", "%", "--no-packing", "--output", str(tmp_path / "pad"),
+                 "--train-tokenizer", "300", "--config", json.dumps(TINY), "--seq-length", "32", "--batch-size", "4",
+                 "--max-steps", "2", "--save-steps", "2", "--warmup-steps", "0"])
+    assert code == 0
+    recipe = json.loads((tmp_path / "pad" / "illada_train.json").read_text())
+    assert recipe["packing"] is False and recipe["train_sequences"] == recipe["train_documents"]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
