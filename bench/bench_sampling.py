@@ -318,9 +318,8 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     model, tokenizer = loaded
     eot = getattr(model.generation_config, "eot_token_id", None)
     end_ids = {int(model.config.eos_token_id)} | ({int(eot)} if eot is not None else set())
-    # documents were packed after an EOS: a prompt starts as a document does
-    start = [int(model.config.eos_token_id)]
-    prompts = [torch.tensor([start + tokenizer(text, add_special_tokens=False)["input_ids"]]) for text in DEMO_PROMPTS]
+    # the text alone, as the Space sends it (the demo's last stage trained one document per sequence, from position 0)
+    prompts = [torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]]) for text in DEMO_PROMPTS]
     counts = args.prompts if len(args.prompts) == len(lengths) else [args.prompts[0]] * len(lengths)
     longest = max(p.shape[1] for p in prompts) + max(lengths)
     trained = model.config.max_position_embeddings
@@ -329,7 +328,7 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     notes.append(f"demo: {args.demo_path or 'the shipped demo model'}, {params:.1f}M parameters, "
                  f"{dict(zip(lengths, counts))} prompts per length, of {[p.shape[1] for p in prompts[: max(counts)]]} "
-                 f"tokens (EOS + text), every mode run to the end"
+                 f"tokens, every mode run to the end"
                  + (f"; context raised from {trained} to {longest} (RoPE extrapolation)" if longest > trained else ""))
     counter = Counter(model)
     model.generate(prompts[0], max_new_tokens=block, steps=block, block_length=block)  # warm-up

@@ -94,8 +94,11 @@ class MaskedDiffusionCollator:
         time_sampling: how t is drawn across the batch, one of `TIME_SAMPLING` (`"stratified"`, `"uniform"`).
         loss_weighting: the per-token weights, one of `LOSS_WEIGHTING` (`"elbo"`: LLaDA's 1/p, the default;
             `"uniform"`: mean CE over masked tokens).
-        generator: a `torch.Generator` for reproducible noise; `None` uses torch's global RNG (which the Trainer
-            seeds and restores on resume).
+        generator: a `torch.Generator` for the noise of every batch, in call order.
+        seed: with no `generator`, each batch's noise comes from a generator seeded by `seed` and a checksum of the
+            batch's tokens. A batch's noise then does not depend on what ran before it, so a resumed run (which
+            skips the batches already seen) and dataloader workers draw exactly what an uninterrupted run draws.
+            `train()` passes its `seed`. With neither, torch's global RNG is used.
     """
 
     mask_token_id: int
@@ -103,6 +106,7 @@ class MaskedDiffusionCollator:
     time_sampling: str = "stratified"
     loss_weighting: str = "elbo"
     generator: torch.Generator | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.mask_token_id, int) or isinstance(self.mask_token_id, bool) or self.mask_token_id < 0:
@@ -114,11 +118,20 @@ class MaskedDiffusionCollator:
         if not 0 < self.eps < 1:
             raise ValueError(f"`eps` must lie in (0, 1), got {self.eps!r}.")
 
-    def corrupt(self, x0: torch.Tensor, noisable: torch.Tensor, normaliser: torch.Tensor | float) -> dict:
+    def batch_generator(self, x0: torch.Tensor) -> torch.Generator | None:
+        """The generator for the batch `x0` (see `seed`)."""
+        if self.generator is not None or self.seed is None:
+            return self.generator
+        checksum = zlib.crc32(x0.to(torch.int64).numpy().tobytes())
+        return torch.Generator().manual_seed((self.seed % 2**31) * 2**32 + checksum)
+
+    def corrupt(self, x0: torch.Tensor, noisable: torch.Tensor, normaliser: torch.Tensor | float,
+                generator: torch.Generator | None = None) -> dict:
         """Apply the forward process to `x0` `(B, L)`; `normaliser` is a scalar or `(B, 1)`."""
-        t = TIME_SAMPLING[self.time_sampling](x0.shape[0], self.generator)  # (B,)
+        generator = generator if generator is not None else self.batch_generator(x0)
+        t = TIME_SAMPLING[self.time_sampling](x0.shape[0], generator)  # (B,)
         p = mask_probability(t, self.eps)  # (B,)
-        noisy, masked = forward_process(x0, p, self.mask_token_id, noisable, self.generator)
+        noisy, masked = forward_process(x0, p, self.mask_token_id, noisable, generator)
         labels = torch.where(masked, x0, torch.full_like(x0, -100))  # (B, L)
         loss_weights = LOSS_WEIGHTING[self.loss_weighting](masked, p, normaliser)  # (B, L)
         return {"input_ids": noisy, "labels": labels, "loss_weights": loss_weights}
@@ -136,10 +149,11 @@ class PretrainCollator(MaskedDiffusionCollator):
 
     def __call__(self, features: list[dict]) -> dict:
         x0 = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)  # (B, L)
-        if self.random_length_prob and torch.rand(1, generator=self.generator).item() < self.random_length_prob:
-            x0 = x0[:, : int(torch.randint(1, x0.shape[1] + 1, (1,), generator=self.generator))]
+        generator = self.batch_generator(x0)
+        if self.random_length_prob and torch.rand(1, generator=generator).item() < self.random_length_prob:
+            x0 = x0[:, : int(torch.randint(1, x0.shape[1] + 1, (1,), generator=generator))]
         batch, length = x0.shape
-        return self.corrupt(x0, torch.ones_like(x0, dtype=torch.bool), batch * length)
+        return self.corrupt(x0, torch.ones_like(x0, dtype=torch.bool), batch * length, generator)
 
 
 @dataclass
@@ -324,13 +338,13 @@ def pack_documents(documents: list[str], tokenizer, seq_length: int) -> list[dic
 def pad_documents(documents: list[str], tokenizer, seq_length: int) -> list[dict]:
     """One sequence per document (no packing): its tokens, then EOS up to `seq_length`. This is LLaDA's SFT
     layout with an empty prompt: the EOS padding is trained, so the model learns where a text ends and fills the
-    rest of a long canvas with EOS (which early stopping and parallel decoding then exploit). A document longer
-    than `seq_length - 1` keeps its first `seq_length - 1` tokens and one EOS."""
+    rest of a long canvas with EOS (which early stopping and parallel decoding then exploit). A document of
+    `seq_length` tokens or more keeps its first `seq_length` and no EOS (it did not end there)."""
     if not isinstance(seq_length, int) or seq_length < 2:
         raise ValueError(f"`seq_length` must be an integer >= 2, got {seq_length!r}.")
     rows = []
     for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]:
-        ids = ids[: seq_length - 1] + [tokenizer.eos_token_id]
+        ids = ids + [tokenizer.eos_token_id] if len(ids) < seq_length else ids[:seq_length]
         rows.append({"input_ids": ids + [tokenizer.eos_token_id] * (seq_length - len(ids)), "prompt_length": 0,
                      "answer_length": len(ids)})
     return rows
@@ -575,7 +589,7 @@ def train(
         train_set = [encode_conversation(tokenizer, chat, seq_length) for chat in train_docs]
         eval_set = [encode_conversation(tokenizer, chat, seq_length) for chat in heldout]
         collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
-                               eos_token_id=tokenizer.eos_token_id)
+                               seed=seed, eos_token_id=tokenizer.eos_token_id)
     else:
         layout = pack_documents if packing else pad_documents
         train_set = layout(train_docs, tokenizer, seq_length)
@@ -583,10 +597,10 @@ def train(
         if objective == "autoregressive":
             collator = CausalCollator()
         elif packing:
-            collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling,
+            collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, seed=seed,
                                         loss_weighting=loss_weighting, random_length_prob=random_length_prob)
         else:  # padded documents are SFT rows with an empty prompt
-            collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling,
+            collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, seed=seed,
                                    loss_weighting=loss_weighting, eos_token_id=tokenizer.eos_token_id)
 
     # 4. The plain Trainer

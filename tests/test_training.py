@@ -211,7 +211,7 @@ def test_unpacked_documents_are_padded_with_trained_eos():
     assert len(ids[0]) + 1 < 12 < len(ids[1])
     rows = pad_documents(docs, tokenizer, 12)
     assert rows[0]["input_ids"] == ids[0] + [2] * (12 - len(ids[0])) and rows[0]["answer_length"] == len(ids[0]) + 1
-    assert rows[1]["input_ids"] == ids[1][:11] + [2] and rows[1]["answer_length"] == 12  # cut, still ends in EOS
+    assert rows[1]["input_ids"] == ids[1][:12] and rows[1]["answer_length"] == 12  # cut: no EOS, it did not end
     assert all(r["prompt_length"] == 0 for r in rows)
     # diffusion: every position, padding included, can be masked (LLaDA's SFT with an empty prompt)
     batch = SFTCollator(mask_token_id=3, eos_token_id=2, generator=torch.Generator().manual_seed(0))(rows * 50)
@@ -313,10 +313,16 @@ def test_resume_continues_where_it_stopped(tmp_path, corpus):
     assert resumed.state.global_step == 6
     logged = lambda trainer: [(e["step"], e["learning_rate"]) for e in trainer.state.log_history if "loss" in e]  # noqa: E731
     assert logged(resumed) == logged(straight)  # steps 1-3 kept, 4-6 trained once, the LR schedule continued
+    # same batches, same masking noise (derived from each batch, not from the RNG's history): same losses and weights
+    losses = lambda trainer: [e["loss"] for e in trainer.state.log_history if "loss" in e]  # noqa: E731
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-5)
+    reference = load_file(tmp_path / "straight" / "model.safetensors")
     recipe = json.loads((tmp_path / "resumed" / "illada_train.json").read_text())
     assert recipe["resumed_from"].endswith("checkpoint-3") and recipe["global_step"] == 6
     final = load_file(tmp_path / "resumed" / "model.safetensors")
     assert any(not torch.equal(final[k], saved[k]) for k in saved)
+    for name, value in reference.items():
+        torch.testing.assert_close(final[name], value, msg=name)
 
 
 def test_sft_run_through_the_cli(tmp_path, capsys):
