@@ -77,6 +77,10 @@ MODES = [
 # On a random model EOS never comes and no confidence passes 0.9: those rows would repeat plain's costs.
 RANDOM_MODEL_MODES = ("plain", "block logits", "prefix cache", "dual cache", "all combined")
 
+# Every row decodes greedily, whatever the model's saved generation config says (the demo's samples at 0.7), so that
+# exact modes can be compared token for token.
+GREEDY = dict(temperature=0.0, top_k=None, top_p=None, cfg_scale=0.0, remasking="low_confidence", schedule="linear")
+
 DEMO_PROMPTS = ["A fool", "You will", "The best way to", "Love is", "Never trust", "Life is"]
 
 
@@ -171,7 +175,7 @@ def run_full(model, counter, prompts, n, block, mode: Mode, end_ids) -> Row:
     for prompt in prompts:
         start = time.perf_counter()
         out = model.generate(prompt, max_new_tokens=n, steps=n, block_length=block, return_dict_in_generate=True,
-                             **mode.knobs)
+                             **GREEDY, **mode.knobs)
         seconds += time.perf_counter() - start
         committed += out.tokens_per_forward * out.num_forward_passes
         outputs.append(useful_tokens(out.sequences[0, prompt.shape[1]:].tolist(), end_ids))
@@ -192,7 +196,7 @@ def _time_block(model, counter, canvas_prompt, n, block, knobs, sampled_steps):
         return len(marks) >= sampled_steps  # True stops generate
 
     start, pos0 = time.perf_counter(), counter.read()[1]
-    model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **knobs)
+    model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **GREEDY, **knobs)
     times = [b - a for a, b in zip([start] + marks, marks)]
     fed = [b - a for a, b in zip([pos0] + positions, positions)]
     if any(r != 1 for r in reveals):
@@ -318,7 +322,7 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     model, tokenizer = loaded
     eot = getattr(model.generation_config, "eot_token_id", None)
     end_ids = {int(model.config.eos_token_id)} | ({int(eot)} if eot is not None else set())
-    # the text alone, as the Space sends it (the demo's last stage trained one document per sequence, from position 0)
+    # the text alone, as the Space sends it
     prompts = [torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]]) for text in DEMO_PROMPTS]
     counts = args.prompts if len(args.prompts) == len(lengths) else [args.prompts[0]] * len(lengths)
     longest = max(p.shape[1] for p in prompts) + max(lengths)

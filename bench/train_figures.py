@@ -1,16 +1,19 @@
 """Held-out figures of models trained with `illada train`: diffusion ELBO vs an autoregressive twin vs a unigram.
 
-    python bench/train_figures.py                       # shipped demo model vs the AR twin in runs/ar-twin
-    python bench/train_figures.py --model runs/demo --ar runs/ar-twin --also runs/scratch --mc-rounds 64
+    python bench/train_figures.py                       # shipped demo model vs the AR twin in runs/ar-twin3
+    python bench/train_figures.py --model runs/demo2 --ar runs/ar-twin2 runs/ar-twin3 --also runs/scratch-elbo
 
 The AR twin is this package's own model trained by `illada train --objective autoregressive`: the same blocks,
-dimensions, tokenizer, packed sequences, optimiser and schedule, with a causal 4-D attention mask and next-token
-labels (see `training.CausalCollator`). The demo model is adapted from the twin's mid-run checkpoint (AR-to-diffusion,
-as Dream / DiffuLLaMA do), so with the twin trained for the demo's total number of steps both have seen the same
-tokens and made the same number of optimiser steps. `--also` adds further diffusion models (e.g. trained from
-scratch) to the table.
+dimensions, tokenizer, sequences, optimiser and schedule, with a causal 4-D attention mask and next-token labels
+(see `training.CausalCollator`). The demo model is adapted from one of the twin's checkpoints (AR-to-diffusion, as
+Dream / DiffuLLaMA do) and every later stage is run on both with the same arguments, so a twin with the same total
+number of optimiser steps (counted through every stage, `total_steps`) has seen the same tokens. The model's ratio
+is taken against the twin of `--ar` with its step count. `--also` adds further diffusion models (e.g. trained from
+scratch, or earlier stages) to the table.
 
-What it measures, on the held-out split the runs used (rebuilt from the model's `illada_train.json`):
+What it measures, on the held-out documents the runs used (rebuilt from the model's `illada_train.json`), packed
+with EOS between them into sequences of the run's length, whatever layout a stage trained on (`--no-packing` pads
+each document instead; packed text is the common measure of running text):
 
 * diffusion: the ELBO bound on NLL per token, by Monte Carlo over t with LLaDA's loss (`loss_weighting="elbo"`,
   whatever weighting the run trained with): one t per sequence, stratified over the held-out set,
@@ -116,20 +119,35 @@ def _recipe(folder) -> dict:
     return json.loads(path.read_text())
 
 
+def _folder(given) -> Path | None:
+    return next((p for p in (Path(given), REPO / given) if p.is_dir()), None) if given else None
+
+
 def total_steps(recipe: dict) -> int:
-    """Optimiser steps of the run plus those of the checkpoint it started from (`--model DIR/checkpoint-N`)."""
-    base = recipe.get("model")
-    state = Path(base) / "trainer_state.json" if base else None
-    if state is not None and not state.is_file():
-        state = REPO / base / "trainer_state.json"
-    before = json.loads(state.read_text())["global_step"] if state is not None and state.is_file() else 0
-    return before + recipe["global_step"]
+    """Optimiser steps of the run plus those of every stage before it: `--model` may be an earlier run's folder
+    (its own recipe counts, recursively) or one of its `checkpoint-N` folders (N, plus what that run started from).
+    A starting point outside `illada train` (a Hub model) counts 0."""
+    return recipe["global_step"] + _steps_before(recipe.get("model"))
+
+
+def _steps_before(given) -> int:
+    folder = _folder(given)
+    if folder is None:
+        return 0
+    if (folder / RECIPE_FILE).is_file():
+        return total_steps(json.loads((folder / RECIPE_FILE).read_text()))
+    state, parent = folder / "trainer_state.json", folder.parent / RECIPE_FILE
+    if not state.is_file():
+        return 0
+    before = _steps_before(json.loads(parent.read_text()).get("model")) if parent.is_file() else 0
+    return json.loads(state.read_text())["global_step"] + before
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(REPO / "modeling_illada" / "demo_model"), help="diffusion model folder")
-    parser.add_argument("--ar", default=str(REPO / "runs" / "ar-twin"), help="AR twin (--objective autoregressive)")
+    parser.add_argument("--ar", nargs="+", default=[str(REPO / "runs" / "ar-twin3")],
+                        help="AR twins (--objective autoregressive); the model is compared with the one of equal steps")
     parser.add_argument("--also", nargs="*", default=[], help="further diffusion models trained on the same split")
     parser.add_argument("--data", nargs="+", help="training corpus (default: the paths in the model's recipe)")
     parser.add_argument("--mc-rounds", type=int, default=64, help="Monte Carlo noise draws over the held-out set")
@@ -153,7 +171,7 @@ def main(argv=None) -> int:
 
     def load(folder, objective):
         run = _recipe(folder)
-        if (run["train_sequences"], run["eval_sequences"]) != (len(train_set), len(heldout)):
+        if (run["train_documents"], run["eval_documents"]) != (len(train_docs), len(heldout_docs)):
             raise SystemExit(f"{folder}: its split differs from {args.model}'s (different corpus or tokenizer?)")
         if (run["objective"] == "autoregressive") != (objective == "autoregressive"):
             raise SystemExit(f"{folder} was trained with objective {run['objective']!r}, expected {objective!r}")
@@ -171,26 +189,30 @@ def main(argv=None) -> int:
         elbo, se = diffusion_elbo(model, heldout, args.mc_rounds, args.batch_size)
         rows.append((f"diffusion ELBO: {Path(folder).name}", elbo, se, total_steps(run), run["wall_seconds"],
                      round(time.time() - started)))
-    ar_model, ar_run = load(args.ar, "autoregressive")
-    ar_nll = causal_nll(ar_model, heldout, args.batch_size)
-    rows.append((f"AR twin NLL: {Path(args.ar).name}", ar_nll, 0.0, total_steps(ar_run), ar_run["wall_seconds"], None))
+    for folder in args.ar:
+        ar_model, ar_run = load(folder, "autoregressive")
+        rows.append((f"AR twin NLL: {Path(folder).name}", causal_nll(ar_model, heldout, args.batch_size), 0.0,
+                     total_steps(ar_run), ar_run["wall_seconds"], None))
+    ar_rows = [r for r in rows if r[0].startswith("AR twin")]
+    twin = next((r for r in ar_rows if r[3] == rows[0][3]), ar_rows[0])  # the twin with the model's step count
+    ar_nll = twin[1]
     uni = unigram_nll(train_set, heldout, len(tokenizer))
     rows.append(("unigram (train-split counts)", uni, 0.0, None, None, None))
 
     print(f"held-out: {len(heldout)} sequences x {recipe['seq_length']} = {tokens} tokens, {text_bytes} bytes "
           f"({len(heldout_docs)} documents); batches of {recipe['batch_size']} x {recipe['seq_length']} tokens; "
           f"{recipe['parameters']:,} parameters; ELBO over {args.mc_rounds} noise draws")
-    print(f"{'model':40s} {'nats/token':>10s} {'± s.e.':>7s} {'bits/byte':>9s} {'ppl':>8s} {'steps':>6s} {'train s':>8s}")
+    print(f"{'model':40s} {'nats/token':>10s} {'± s.e.':>7s} {'bits/byte':>9s} {'ppl':>8s} {'steps':>6s} {'stage s':>8s}")
     for name, nll, se, steps, seconds, _ in rows:
         print(f"{name:40s} {nll:10.4f} {se:7.4f} {nll * to_bpb:9.4f} {math.exp(nll):8.1f} {steps or '-':>6} "
               f"{seconds or '-':>8}")
-    print(f"{Path(args.model).name} ELBO / AR NLL = {rows[0][1] / ar_nll:.3f} (target <= 1.25); "
+    print(f"{Path(args.model).name} ELBO / {twin[0]} = {rows[0][1] / ar_nll:.3f} (target <= 1.25); "
           f"unigram / AR = {uni / ar_nll:.3f}; ELBO seconds per model: {[r[5] for r in rows if r[5] is not None]}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "heldout_tokens": tokens, "heldout_bytes": text_bytes, "mc_rounds": args.mc_rounds,
             "rows": [{"model": name, "nats_per_token": nll, "standard_error": se, "bits_per_byte": nll * to_bpb,
-                      "steps": steps, "train_seconds": seconds} for name, nll, se, steps, seconds, _ in rows],
+                      "steps": steps, "last_stage_seconds": seconds} for name, nll, se, steps, seconds, _ in rows],
             "elbo_over_ar": rows[0][1] / ar_nll,
         }, indent=2) + "\n")
     return 0

@@ -1,0 +1,36 @@
+"""The sampling benchmark's own bookkeeping (bench/bench_sampling.py): its rows must compare like with like. Figures
+are printed by the script, never asserted here."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from conftest import tiny_model
+from modeling_illada import IlladaGenerationConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_sampling", ROOT / "bench" / "bench_sampling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_exact_modes_reproduce_plain_even_when_the_model_samples_by_default():
+    bench = load_bench()
+    model = tiny_model().eval()
+    # a saved config that samples (as the demo model's does): the benchmark must still decode greedily
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=16, steps=16, block_length=8, temperature=0.9,
+                                                     mask_token_id=model.config.mask_token_id)
+    counter = bench.Counter(model)
+    prompts = [torch.randint(4, 64, (1, 3), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    modes = {mode.name: mode for mode in bench.MODES}
+    rows = {name: bench.run_full(model, counter, prompts, 16, 8, modes[name], {model.config.eos_token_id})
+            for name in ("plain", "block logits", "exact (all)")}
+    for name in ("block logits", "exact (all)"):
+        assert rows[name].outputs == rows["plain"].outputs, name
+        assert bench.agreement(rows[name].outputs, rows["plain"].outputs)[0] == 1.0
+    assert rows["plain"].forwards == 2 * 16 and rows["plain"].positions == 2 * 16 * 19
