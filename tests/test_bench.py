@@ -4,23 +4,29 @@ are printed by the script, never asserted here."""
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import tiny_model
 from modeling_illada import IlladaGenerationConfig
+from modeling_illada.caching import CACHES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
+@pytest.fixture
+def bench():
+    """The benchmark module; the baseline policy it registers in `CACHES` is removed afterwards."""
+    before = dict(CACHES)
     spec = importlib.util.spec_from_file_location("bench_sampling", ROOT / "bench" / "bench_sampling.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    yield module
+    CACHES.clear()
+    CACHES.update(before)
 
 
-def test_exact_modes_reproduce_plain_even_when_the_model_samples_by_default():
-    bench = load_bench()
+def test_exact_modes_reproduce_plain_even_when_the_model_samples_by_default(bench):
     model = tiny_model().eval()
     # a saved config that samples (as the demo model's does): the benchmark must still decode greedily
     model.generation_config = IlladaGenerationConfig(max_new_tokens=16, steps=16, block_length=8, temperature=0.9,
