@@ -123,7 +123,7 @@ class IlladaConfig(PreTrainedConfig):
     """
 
     model_type = "illada"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,

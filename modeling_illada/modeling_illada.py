@@ -30,6 +30,10 @@ from .diffusion import masked_diffusion_loss
 from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
 from .likelihood import IlladaLikelihoodMixin
 
+# transformers 5.24 renamed the cache of model outputs and forwards from `past_key_values` to `cache` (outputs take
+# only the new name). Outputs here use the installed version's name; forwards accept both.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class IlladaRMSNorm(nn.Module):
     """RMSNorm computed in float32 and cast back before the weight, as both LLaDA and Llama do."""
@@ -257,7 +261,7 @@ class IlladaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["IlladaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -370,9 +374,15 @@ class IlladaModel(IlladaPreTrainedModel):
             position_ids (`torch.LongTensor` of shape `(batch, length)`, *optional*): defaults to 0..L-1, counted
                 over real tokens only when a 2-D mask marks left padding (so a padded row sees the positions it
                 would see alone).
-            past_key_values (*optional*): a cache with `update(key, value, layer_idx)`; see `caching.py`.
+            past_key_values (*optional*): a cache with `update(key, value, layer_idx)`; see `caching.py`. Also
+                accepted as `cache` (transformers >= 5.24's name).
             inputs_embeds (`torch.FloatTensor` of shape `(batch, length, hidden)`, *optional*).
         """
+        if kwargs.get("cache") is not None:
+            if past_key_values is not None:
+                raise ValueError("Pass the cache once: as `cache` or as `past_key_values`, not both.")
+            past_key_values = kwargs.pop("cache")
+        kwargs.pop("cache", None)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):
@@ -420,23 +430,36 @@ class IlladaModel(IlladaPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (hidden_states, past_key_values, all_hidden_states) if v is not None)
         return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values, hidden_states=all_hidden_states
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
         )
 
 
-@dataclass
+def _cache_field_before_hidden_states(cls):
+    """Make `cls` a dataclass with a cache field (`CACHE_FIELD`, default None) placed before `hidden_states`, so
+    the field order, and with it `to_tuple()`, is the same under either name."""
+    annotations = {}
+    for name, kind in cls.__annotations__.items():
+        if name == "hidden_states":
+            annotations[CACHE_FIELD] = object | None
+            setattr(cls, CACHE_FIELD, None)
+        annotations[name] = kind
+    cls.__annotations__ = annotations
+    return dataclass(cls)
+
+
+@_cache_field_before_hidden_states
 class IlladaMaskedDiffusionOutput(ModelOutput):
     """
     Args:
         loss (`torch.FloatTensor`, *optional*): masked-diffusion loss, when `labels` are given.
         logits (`torch.FloatTensor` of shape `(batch, kept positions, vocab)`): x_0 predictions.
-        past_key_values (*optional*): the cache passed in, updated.
+        cache / past_key_values (*optional*): the cache passed in, updated; the field has the installed
+            transformers' name (`cache` from 5.24, where `past_key_values` still reads it).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): per-layer states with `output_hidden_states=True`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: object | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -516,12 +539,12 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
                 raise ValueError("`labels` need logits at every position: do not combine them with `logits_to_keep`.")
             loss = masked_diffusion_loss(logits, labels, loss_weights)
 
+        cache = getattr(outputs, CACHE_FIELD)
         if not return_dict:
-            out = (logits, outputs.past_key_values, outputs.hidden_states)
-            out = tuple(v for v in out if v is not None)
+            out = tuple(v for v in (logits, cache, outputs.hidden_states) if v is not None)
             return (loss,) + out if loss is not None else out
         return IlladaMaskedDiffusionOutput(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: cache}
         )
 
 

@@ -66,6 +66,24 @@ def test_cached_prefix_equals_block_causal_mask(model):
     torch.testing.assert_close(cached, full[:, 6:], atol=1e-5, rtol=1e-5)
 
 
+def test_cache_is_accepted_and_returned_under_both_names(model):
+    """transformers 5.24 renamed `past_key_values` to `cache`: forwards take either name, outputs carry the
+    installed version's field, and `.past_key_values` reads it under every supported version."""
+    from modeling_illada.modeling_illada import CACHE_FIELD
+
+    ids = torch.randint(4, 64, (1, 10))
+    with torch.no_grad():
+        old, new = DynamicCache(), DynamicCache()
+        out_old = model(ids[:, :6], past_key_values=old)
+        out_new = model(ids[:, :6], cache=new)
+        assert getattr(out_old, CACHE_FIELD) is old and out_new.past_key_values is new
+        assert old.get_seq_length() == new.get_seq_length() == 6
+        torch.testing.assert_close(out_old.logits, out_new.logits)
+        assert len(model(ids[:, :6], cache=DynamicCache(), return_dict=False)) == 2  # logits, cache
+        with pytest.raises(ValueError, match="cache"):
+            model(ids, cache=DynamicCache(), past_key_values=DynamicCache())
+
+
 def test_logits_to_keep_and_inputs_embeds(model):
     ids = torch.randint(4, 64, (2, 8))
     full = logits(model, ids)
