@@ -1,6 +1,6 @@
 """Held-out figures of models trained with `illada train`: diffusion ELBO vs an autoregressive twin vs a unigram.
 
-    python bench/train_figures.py                       # shipped demo model vs the AR twin in runs/ar-twin3
+    python bench/train_figures.py                       # shipped demo model vs the AR twin in runs/ar-twin2
     python bench/train_figures.py --model runs/demo2 --ar runs/ar-twin2 runs/ar-twin3 --also runs/scratch-elbo
 
 The AR twin is this package's own model trained by `illada train --objective autoregressive`: the same blocks,
@@ -146,7 +146,7 @@ def _steps_before(given) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(REPO / "modeling_illada" / "demo_model"), help="diffusion model folder")
-    parser.add_argument("--ar", nargs="+", default=[str(REPO / "runs" / "ar-twin3")],
+    parser.add_argument("--ar", nargs="+", default=[str(REPO / "runs" / "ar-twin2")],
                         help="AR twins (--objective autoregressive); the model is compared with the one of equal steps")
     parser.add_argument("--also", nargs="*", default=[], help="further diffusion models trained on the same split")
     parser.add_argument("--data", nargs="+", help="training corpus (default: the paths in the model's recipe)")
