@@ -378,11 +378,11 @@ class IlladaModel(IlladaPreTrainedModel):
                 accepted as `cache` (transformers >= 5.24's name).
             inputs_embeds (`torch.FloatTensor` of shape `(batch, length, hidden)`, *optional*).
         """
-        if kwargs.get("cache") is not None:
+        cache = kwargs.pop("cache", None)
+        if cache is not None:
             if past_key_values is not None:
                 raise ValueError("Pass the cache once: as `cache` or as `past_key_values`, not both.")
-            past_key_values = kwargs.pop("cache")
-        kwargs.pop("cache", None)
+            past_key_values = cache
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (input_ids is None) == (inputs_embeds is None):

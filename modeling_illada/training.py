@@ -206,8 +206,9 @@ class CausalCollator:
                 "labels": labels, "loss_weights": weights}
 
 
-# Plain-text objectives by name (SFT is always the diffusion objective).
-OBJECTIVES = {"diffusion": PretrainCollator, "autoregressive": CausalCollator}
+# Plain-text objectives (SFT is always diffusion). `train()` picks the collator from the objective and the layout:
+# diffusion -> PretrainCollator (packed) or SFTCollator (padded, an empty prompt); autoregressive -> CausalCollator.
+OBJECTIVES = ("diffusion", "autoregressive")
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tokenizer
@@ -338,7 +339,8 @@ def pack_documents(documents: list[str], tokenizer, seq_length: int) -> list[dic
 def pad_documents(documents: list[str], tokenizer, seq_length: int) -> list[dict]:
     """One sequence per document (no packing): its tokens, then EOS up to `seq_length`. This is LLaDA's SFT
     layout with an empty prompt: the EOS padding is trained, so the model learns where a text ends and fills the
-    rest of a long canvas with EOS (which early stopping and parallel decoding then exploit). A document of
+    rest of a long canvas with EOS. On short documents EOS then dominates a masked position's prediction, which
+    low-confidence remasking commits first (see the demo model card). A document of
     `seq_length` tokens or more keeps its first `seq_length` and no EOS (it did not end there)."""
     if not isinstance(seq_length, int) or seq_length < 2:
         raise ValueError(f"`seq_length` must be an integer >= 2, got {seq_length!r}.")
