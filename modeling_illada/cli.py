@@ -4,6 +4,8 @@
     illada generate --model DIR "prompt"   diffusion generation from a local folder or Hub id
     illada eval --model illada ...         lm-eval's own CLI with the `illada` model registered
     illada train --data TEXT --output DIR  pretrain (or --sft chats.jsonl) with transformers.Trainer
+    illada distill --model DIR --data TEXT --output DIR
+                                           certainty-forcing self-distillation for parallel decoding
 """
 
 import argparse
@@ -71,6 +73,31 @@ def cmd_train(args) -> int:
         )
     except ValueError as error:
         print(f"illada train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"saved to {args.output} after {trainer.state.global_step} steps", file=sys.stderr)
+    return 0
+
+
+def cmd_distill(args) -> int:
+    import torch
+
+    from .distill import distill
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        trainer = distill(
+            args.output, args.model, data=args.data or (), trajectories=args.trajectories,
+            doc_separator=args.doc_separator, num_prompts=args.num_prompts, prompt_tokens=tuple(args.prompt_tokens),
+            max_new_tokens=args.max_new_tokens, block_length=args.block_length, teacher_cache=args.teacher_cache,
+            certainty_weight=args.certainty_weight, batch_size=args.batch_size, max_steps=args.max_steps,
+            learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_steps=args.eval_steps,
+            save_steps=args.save_steps, logging_steps=args.logging_steps, seed=args.seed, threshold=args.threshold,
+            overwrite=args.overwrite, resume=args.resume if args.resume != "last" else True,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except ValueError as error:
+        print(f"illada distill: error: {error}", file=sys.stderr)
         return 2
     print(f"saved to {args.output} after {trainer.state.global_step} steps", file=sys.stderr)
     return 0
@@ -148,10 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     tr.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
     tr.set_defaults(func=cmd_train)
+    di = sub.add_parser("distill", help="certainty-forcing self-distillation (more tokens per forward in parallel decoding)")
+    di.add_argument("--model", required=True, help="the teacher (and starting student): a model folder or Hub id")
+    di.add_argument("--output", required=True, help="output folder (refused if non-empty without --overwrite/--resume)")
+    di.add_argument("--data", nargs="+", help="text files or folders the prompts are cut from")
+    di.add_argument("--trajectories", help="JSONL of teacher outputs: read if it exists, else generated and written")
+    di.add_argument("--doc-separator", dest="doc_separator", help='line that separates documents in a file, e.g. "%%"')
+    di.add_argument("--num-prompts", type=int, default=768, dest="num_prompts")
+    di.add_argument("--prompt-tokens", type=int, nargs=2, default=[1, 4], dest="prompt_tokens", metavar=("MIN", "MAX"))
+    di.add_argument("--max-new-tokens", type=int, default=224, dest="max_new_tokens")
+    di.add_argument("--block-length", type=int, default=32, dest="block_length")
+    di.add_argument("--teacher-cache", default="dual", choices=["none", "prefix", "dual"], dest="teacher_cache")
+    di.add_argument("--certainty-weight", type=float, default=1.0, dest="certainty_weight")
+    di.add_argument("--threshold", type=float, default=0.9, help="parallel-decoding threshold saved with the model")
+    di.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    di.add_argument("--max-steps", type=int, default=600, dest="max_steps")
+    di.add_argument("--lr", type=float, default=3e-4)
+    di.add_argument("--warmup-steps", type=int, default=20, dest="warmup_steps")
+    di.add_argument("--eval-steps", type=int, default=100, dest="eval_steps")
+    di.add_argument("--save-steps", type=int, default=200, dest="save_steps")
+    di.add_argument("--logging-steps", type=int, default=20, dest="logging_steps")
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--threads", type=int, help="torch CPU threads")
+    di.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    di.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
+    di.set_defaults(func=cmd_distill)
     return parser
 
 
-COMMANDS = {"presets": cmd_presets, "generate": cmd_generate, "train": cmd_train, "eval": cmd_eval}
+COMMANDS = {"presets": cmd_presets, "generate": cmd_generate, "train": cmd_train, "distill": cmd_distill,
+            "eval": cmd_eval}
 
 
 def main(argv=None) -> int:

@@ -84,6 +84,13 @@ def forward_process(x0, p, mask_token_id: int, noisable=None, generator=None):
     return torch.where(masked, torch.full_like(x0, mask_token_id), x0), masked
 
 
+def batch_generator(seed: int, x0: torch.Tensor) -> torch.Generator:
+    """A generator seeded by `seed` and a checksum of the batch `x0`. torch's CPU generator keeps only the low 32
+    bits of its seed, so both are folded into 32 bits (seed 0 gives the checksum itself)."""
+    checksum = zlib.crc32(x0.to(torch.int64).numpy().tobytes())
+    return torch.Generator().manual_seed((checksum + seed * 0x9E3779B1) % 2**32)
+
+
 @dataclass
 class MaskedDiffusionCollator:
     """Shared part of the collators: draw t, noise x_0 and build `labels` / `loss_weights`.
@@ -122,8 +129,7 @@ class MaskedDiffusionCollator:
         """The generator for the batch `x0` (see `seed`)."""
         if self.generator is not None or self.seed is None:
             return self.generator
-        checksum = zlib.crc32(x0.to(torch.int64).numpy().tobytes())
-        return torch.Generator().manual_seed((self.seed % 2**31) * 2**32 + checksum)
+        return batch_generator(self.seed, x0)
 
     def corrupt(self, x0: torch.Tensor, noisable: torch.Tensor, normaliser: torch.Tensor | float,
                 generator: torch.Generator | None = None) -> dict:

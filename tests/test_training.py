@@ -126,6 +126,15 @@ def test_stratified_times_cover_the_unit_interval():
     assert mask_probability(torch.tensor([0.0, 1.0])).tolist() == pytest.approx([EPS, 1.0])
 
 
+def test_seeded_noise_depends_on_the_seed_and_the_batch():
+    rows = [{"input_ids": list(range(4, 36))} for _ in range(4)]
+    other = [{"input_ids": list(range(5, 37))} for _ in range(4)]
+    noise = lambda seed, batch: PretrainCollator(mask_token_id=3, seed=seed)(batch)["input_ids"]  # noqa: E731
+    assert torch.equal(noise(0, rows), noise(0, rows))
+    assert not torch.equal(noise(0, rows), noise(1, rows))  # torch keeps 32 bits of a seed: both must fit in them
+    assert not torch.equal(noise(0, rows) == 3, noise(0, other) == 3)
+
+
 def test_sft_prompt_never_masked_and_loss_normalised_by_answer_length():
     model = tiny_model()
     features = [{"input_ids": list(range(10, 20)), "prompt_length": 4}, {"input_ids": list(range(30, 36)), "prompt_length": 5}]

@@ -1,0 +1,326 @@
+"""Certainty-forcing self-distillation: teach a masked diffusion LM to be confident early, so that
+confidence-threshold parallel decoding reveals several tokens per forward (library-only: no Hub file imports this).
+
+The recipe follows dParallel (arXiv 2509.26488; described there, implemented here from the description):
+
+1. *Trajectories*: the model itself (the teacher) decodes prompts greedily, semi-autoregressively in blocks, one
+   token per step (`generate_trajectories`). The student learns to reproduce these outputs, so its greedy
+   decoding stays close to the teacher's.
+2. *Semi-autoregressive masking* (`CertaintyForcingCollator`): for each trajectory one generation block is drawn;
+   the prompt and earlier blocks stay clean, the block's tokens are masked with probability p = (1 - eps) t + eps
+   (t uniform, stratified across the batch), and every later position is a mask, as the sampler sees it.
+3. *Loss* (`certainty_forcing_loss`): cross-entropy of the teacher's tokens at the masked block positions, plus
+   `certainty_weight` x the mean entropy of the student's predictions at the masked positions it already gets
+   right. Minimising that entropy pushes correct predictions to high confidence, so a 0.9 threshold passes them
+   many at a time instead of one per step.
+
+How it differs from dParallel: full fine-tuning (the models here are small) instead of LoRA, and the teacher's
+trajectories can come from its dual-cache sampler (`cache="dual"`, the default: about 3x cheaper on CPU, and the
+sampler the student is then used with). The trade is measured in `bench/bench_sampling.py`: tokens per forward up,
+ELBO of the outputs (scored by the teacher) down.
+
+`distill()` runs the whole recipe on the stock `transformers.Trainer` (the loss lives in `compute_loss`) and
+writes a Hub-native folder whose generation config turns on parallel decoding and the dual cache.
+"""
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .training import (
+    EPS, RECIPE_FILE, TIME_SAMPLING, _as_list, _check_output_dir, _load_model, batch_generator, mask_probability,
+    read_documents, split_documents, training_arguments,
+)
+
+TRAJECTORY_CACHES = ("none", "prefix", "dual")
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. Teacher trajectories
+
+
+def distillation_prompts(documents: list[str], tokenizer, count: int, prompt_tokens=(1, 4), seed: int = 0) -> list[list[int]]:
+    """`count` prompts: the first k tokens of distinct documents, k drawn uniformly from `prompt_tokens` (min, max)."""
+    low, high = prompt_tokens
+    if not 1 <= low <= high:
+        raise ValueError(f"`prompt_tokens` must be (min, max) with 1 <= min <= max, got {prompt_tokens!r}.")
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"`count` (number of prompts) must be a positive integer, got {count!r}.")
+    rng = random.Random(seed)
+    order = list(range(len(documents)))
+    rng.shuffle(order)
+    prompts = []
+    for index in order:
+        ids = tokenizer(documents[index], add_special_tokens=False)["input_ids"]
+        k = rng.randint(low, high)
+        if len(ids) >= k:
+            prompts.append(ids[:k])
+        if len(prompts) == count:
+            break
+    if len(prompts) < count:
+        raise ValueError(f"Only {len(prompts)} documents have at least {low} tokens; `count` asked for {count}.")
+    return prompts
+
+
+@torch.no_grad()
+def generate_trajectories(model, prompts: list[list[int]], max_new_tokens: int = 224, block_length: int = 32,
+                          batch_size: int = 16, cache: str = "dual", log=None) -> list[dict]:
+    """The teacher's greedy outputs for `prompts`: `[{"input_ids": prompt + output, "prompt_length": k}]`.
+
+    One token per step, low-confidence remasking, no early stop (the whole canvas is the model's own text). Prompts
+    are batched by length, so no row is padded; the result keeps the order of `prompts`."""
+    if cache not in TRAJECTORY_CACHES:
+        raise ValueError(f"Unknown `cache` {cache!r} for the teacher; allowed: {list(TRAJECTORY_CACHES)}.")
+    if max_new_tokens % block_length:
+        raise ValueError(f"`max_new_tokens` ({max_new_tokens}) must be a multiple of `block_length` ({block_length}).")
+    model.eval()
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(index)
+    results: list[dict | None] = [None] * len(prompts)
+    done, started = 0, time.time()
+    for length, indices in sorted(by_length.items()):
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            ids = torch.tensor([prompts[i] for i in chunk], dtype=torch.long)  # (b, k)
+            out = model.generate(
+                ids, max_new_tokens=max_new_tokens, steps=max_new_tokens, block_length=block_length, temperature=0.0,
+                remasking="low_confidence", cache=cache, parallel_decoding=False, eos_early_stop=False, cfg_scale=0.0,
+            )  # (b, k + max_new_tokens)
+            for row, i in enumerate(chunk):
+                results[i] = {"input_ids": out[row].tolist(), "prompt_length": length}
+            done += len(chunk)
+            if log is not None:
+                log(f"trajectories: {done}/{len(prompts)} ({time.time() - started:.0f}s)")
+    return results
+
+
+def write_trajectories(path, trajectories: list[dict]) -> None:
+    with open(path, "w") as f:
+        for t in trajectories:
+            f.write(json.dumps(t) + "\n")
+
+
+def read_trajectories(path) -> list[dict]:
+    trajectories = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for t in trajectories:
+        if set(t) != {"input_ids", "prompt_length"} or not 0 < t["prompt_length"] < len(t["input_ids"]):
+            raise ValueError(f"{str(path)!r} is not a trajectory file: each line must be "
+                             '{"input_ids": [...], "prompt_length": k} with 0 < k < len(input_ids).')
+    return trajectories
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. Semi-autoregressive masking
+
+
+@dataclass
+class CertaintyForcingCollator:
+    """Batches of trajectories masked as the block sampler sees them (see the module docstring, step 2).
+
+    Emits `input_ids` (rows right-padded with masks: more masked future), `labels` (the teacher's tokens at the
+    masked positions of the drawn block, -100 elsewhere) and `loss_weights` (1 / number of labelled positions in
+    the batch: the mean cross-entropy). The noise of a batch is seeded by `seed` and the batch's tokens, as in
+    `training.MaskedDiffusionCollator`, so a resumed run draws what an uninterrupted one does."""
+
+    mask_token_id: int
+    block_length: int = 32
+    eps: float = EPS
+    time_sampling: str = "stratified"
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if not isinstance(self.mask_token_id, int) or self.mask_token_id < 0:
+            raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
+        if not isinstance(self.block_length, int) or self.block_length < 1:
+            raise ValueError(f"`block_length` must be a positive integer, got {self.block_length!r}.")
+        if self.time_sampling not in TIME_SAMPLING:
+            raise ValueError(f"Unknown `time_sampling` {self.time_sampling!r}; allowed: {sorted(TIME_SAMPLING)}.")
+
+    def __call__(self, features: list[dict]) -> dict:
+        length = max(len(f["input_ids"]) for f in features)
+        batch = len(features)
+        x0 = torch.full((batch, length), self.mask_token_id, dtype=torch.long)  # (B, L)
+        for row, f in enumerate(features):
+            x0[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"], dtype=torch.long)
+        generator = batch_generator(self.seed, x0) if self.seed is not None else None
+        p = mask_probability(TIME_SAMPLING[self.time_sampling](batch, generator), self.eps)  # (B,)
+        positions = torch.arange(length)  # (L,)
+        noisy = x0.clone()
+        labels = torch.full_like(x0, -100)
+        for row, f in enumerate(features):
+            start, end = f["prompt_length"], len(f["input_ids"])
+            blocks = -(-(end - start) // self.block_length)
+            block = int(torch.randint(blocks, (1,), generator=generator))
+            lo, hi = start + block * self.block_length, min(start + (block + 1) * self.block_length, end)
+            masked = torch.rand(hi - lo, generator=generator) < p[row]  # (hi - lo,)
+            if not masked.any():  # at least one position to learn from
+                masked[int(torch.randint(hi - lo, (1,), generator=generator))] = True
+            in_block = torch.zeros(length, dtype=torch.bool)
+            in_block[lo:hi] = masked
+            labels[row, in_block] = x0[row, in_block]
+            noisy[row, in_block | (positions >= hi)] = self.mask_token_id
+        weights = (labels != -100).float() / (labels != -100).sum().clamp(min=1)  # (B, L)
+        return {"input_ids": noisy, "labels": labels, "loss_weights": weights}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 3. The loss and the Trainer
+
+
+def certainty_forcing_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weights: torch.Tensor,
+                           certainty_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(loss, cross_entropy, certainty)` for `logits` `(B, L, V)`, `labels` / `loss_weights` `(B, L)`.
+
+    cross_entropy = sum(CE x loss_weights) over labelled positions; certainty = mean entropy (nats) of the
+    predictions at the labelled positions whose argmax equals the label (0 when there are none);
+    loss = cross_entropy + certainty_weight x certainty."""
+    labelled = labels != -100  # (B, L)
+    logits = logits.float()[labelled]  # (N, V)
+    targets = labels[labelled]  # (N,)
+    cross_entropy = (F.cross_entropy(logits, targets, reduction="none") * loss_weights[labelled]).sum()
+    log_probs = logits.log_softmax(-1)  # (N, V)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)  # (N,)
+    correct = (logits.argmax(-1) == targets).float()  # (N,)
+    certainty = (entropy * correct).sum() / correct.sum().clamp(min=1)
+    return cross_entropy + certainty_weight * certainty, cross_entropy, certainty
+
+
+def certainty_forcing_trainer(certainty_weight: float = 1.0):
+    """A `transformers.Trainer` subclass whose `compute_loss` is `certainty_forcing_loss` (also logged apart)."""
+    from transformers import Trainer
+
+    class CertaintyForcingTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, weights = inputs.pop("labels"), inputs.pop("loss_weights")
+            outputs = model(**inputs)
+            loss, cross_entropy, certainty = certainty_forcing_loss(outputs.logits, labels, weights, certainty_weight)
+            if model.training:  # the parts of the last training step, added to the next log line
+                self._parts = {"cross_entropy": cross_entropy.item(), "certainty": certainty.item()}
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and getattr(self, "_parts", None):
+                logs = {**logs, **self._parts}
+            super().log(logs, *args, **kwargs)
+
+    return CertaintyForcingTrainer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. The driver
+
+
+def distill(
+    output_dir,
+    model,
+    data=(),
+    trajectories=None,
+    doc_separator: str | None = None,
+    num_prompts: int = 768,
+    prompt_tokens=(1, 4),
+    max_new_tokens: int = 224,
+    block_length: int = 32,
+    teacher_cache: str = "dual",
+    generation_batch_size: int = 32,
+    certainty_weight: float = 1.0,
+    eval_fraction: float = 0.05,
+    heldout_fraction: float = 0.02,
+    batch_size: int = 16,
+    max_steps: int = 600,
+    learning_rate: float = 3e-4,
+    warmup_steps: int = 20,
+    lr_scheduler: str = "cosine",
+    weight_decay: float = 0.0,
+    eval_steps: int = 100,
+    save_steps: int = 200,
+    logging_steps: int = 20,
+    seed: int = 0,
+    threshold: float = 0.9,
+    overwrite: bool = False,
+    resume=None,
+    disable_tqdm: bool = False,
+    log=print,
+):
+    """Certainty-forcing self-distillation of `model` (folder or Hub id) into `output_dir`; returns the `Trainer`.
+
+    Prompts are the first 1-4 tokens (`prompt_tokens`) of `num_prompts` documents of `data` (plain text, split by
+    `doc_separator` as in `training.train`), taken from the training side of the split `train()` makes with
+    `eval_fraction=heldout_fraction`, so the held-out documents of the model's own training stay unseen. `trajectories` is a JSONL path: read if it exists, else generated
+    and written there (never overwritten), so the costly teacher pass runs once. A held-out `eval_fraction` of
+    the trajectories reports the loss every `eval_steps`. The saved generation config enables parallel decoding
+    at `threshold` with the dual cache and greedy decoding at `block_length`; everything else is `model`'s."""
+    from transformers import AutoTokenizer
+
+    started = time.time()
+    output_dir = Path(output_dir)
+    checkpoint = _check_output_dir(output_dir, overwrite, resume)
+    if certainty_weight < 0:
+        raise ValueError(f"`certainty_weight` must be >= 0, got {certainty_weight!r}.")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"`threshold` must lie in (0, 1], got {threshold!r}.")
+
+    # 1. The teacher and its trajectories
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint or model)
+    net = _load_model(checkpoint or model)
+    if trajectories is not None and Path(trajectories).is_file():
+        records = read_trajectories(trajectories)
+        log(f"read {len(records)} trajectories from {trajectories}")
+    else:
+        if not data:
+            raise ValueError("Pass `data` (text the prompts are cut from) or an existing `trajectories` file.")
+        documents, _ = split_documents(read_documents(data, doc_separator), heldout_fraction)  # as `train()` splits
+        prompts = distillation_prompts(documents, tokenizer, num_prompts, prompt_tokens, seed)
+        if max(map(len, prompts)) + max_new_tokens > net.config.max_position_embeddings:
+            raise ValueError(
+                f"`max_new_tokens` ({max_new_tokens}) + the longest prompt ({max(map(len, prompts))}) exceed the "
+                f"model's context (`max_position_embeddings` = {net.config.max_position_embeddings})."
+            )
+        records = generate_trajectories(net, prompts, max_new_tokens, block_length, generation_batch_size,
+                                        teacher_cache, log=log)
+        if trajectories is not None:
+            write_trajectories(trajectories, records)
+    train_set, eval_set = split_documents(records, eval_fraction)
+
+    # 2. The student (the same weights) on the plain Trainer with the certainty-forcing loss
+    net.train()
+    collator = CertaintyForcingCollator(net.config.mask_token_id, block_length, seed=seed)
+    args = training_arguments(
+        output_dir, has_eval=bool(eval_set), batch_size=batch_size, gradient_accumulation_steps=1,
+        max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
+        weight_decay=weight_decay, eval_steps=eval_steps, save_steps=save_steps, save_total_limit=2,
+        logging_steps=logging_steps, seed=seed, disable_tqdm=disable_tqdm,
+    )
+    trainer = certainty_forcing_trainer(certainty_weight)(
+        model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
+        processing_class=tokenizer,
+    )
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    # 3. The fast sampler becomes the saved default
+    generation = net.generation_config
+    generation.update(parallel_decoding=True, threshold=threshold, cache="dual", block_length=block_length,
+                      temperature=0.0)
+    generation.validate()
+    trainer.save_model(str(output_dir))
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
+    metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step}
+    if eval_set:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    recipe = {
+        "objective": "certainty_forcing", "model": str(model), "data": [str(p) for p in _as_list(data)],
+        "trajectories": str(trajectories) if trajectories else None, "doc_separator": doc_separator,
+        "num_prompts": num_prompts, "prompt_tokens": list(prompt_tokens), "max_new_tokens": max_new_tokens,
+        "block_length": block_length, "teacher_cache": teacher_cache, "certainty_weight": certainty_weight,
+        "eval_fraction": eval_fraction, "heldout_fraction": heldout_fraction, "batch_size": batch_size, "max_steps": max_steps,
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
+        "weight_decay": weight_decay, "seed": seed, "threshold": threshold, "train_sequences": len(train_set),
+        "eval_sequences": len(eval_set), "parameters": sum(p.numel() for p in net.parameters()),
+        "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics,
+    }
+    (output_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    return trainer
