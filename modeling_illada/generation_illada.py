@@ -50,6 +50,7 @@ def _defaults() -> dict:
         "parallel_decoding": False,
         "cfg_scale": 0.0,
         "cache": "none",
+        "suffix_window": None,
         # sampling of candidates
         "temperature": 0.0,
         "top_k": None,
@@ -103,6 +104,10 @@ class IlladaGenerationConfig(GenerationConfig):
         cfg_scale (`float`, defaults to 0.0): classifier-free guidance scale `s`: `u + (s + 1)(c - u)`.
         cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`: `none`
             (exact), `prefix` or `dual` (Fast-dLLM's approximate key/value caches, refreshed once per block).
+        suffix_window (`int`, *optional*): the model sees only this many masked positions after the block being
+            denoised (DPad / Streaming-dLLM suffix pruning; approximate, fewer positions per forward); `None`, the
+            default, keeps the whole canvas as LLaDA does. Not combinable with infilling (text after the holes
+            must stay visible).
         temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
         top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
         mask_token_id (`int`): the mask token; taken from the model config when unset.
@@ -156,6 +161,7 @@ class IlladaGenerationConfig(GenerationConfig):
         positive_int("steps", self.steps)
         positive_int("block_length", self.block_length)
         positive_int("top_k", self.top_k)
+        positive_int("suffix_window", self.suffix_window, allow_zero=True)
         if self.remasking not in REMASKING:
             raise ValueError(f"Unknown `remasking` {self.remasking!r}; allowed: {sorted(REMASKING)}.")
         if self.schedule not in SCHEDULES:
@@ -425,6 +431,9 @@ class IlladaGenerationMixin:
             raise ValueError("`max_new_tokens` is 0 and the input holds no mask token: there is nothing to generate.")
         if config.variable_length and infill:
             raise ValueError("`variable_length` generation appends blocks; it cannot be combined with infilling.")
+        if config.suffix_window is not None and infill:
+            raise ValueError("`suffix_window` hides the canvas after the block; it cannot be combined with infilling "
+                             "(the text after the holes must stay visible): set `suffix_window=None`.")
         total = prompt_len + new_tokens
         if total > self.config.max_position_embeddings:
             raise ValueError(

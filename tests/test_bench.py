@@ -26,11 +26,14 @@ def bench():
     CACHES.update(before)
 
 
-def test_exact_modes_reproduce_plain_even_when_the_model_samples_by_default(bench):
+@pytest.mark.parametrize("saved", [dict(temperature=0.9), dict(temperature=0.0, parallel_decoding=True, threshold=0.05,
+                                                                  cache="dual")])
+def test_exact_modes_reproduce_plain_whatever_the_saved_config(bench, saved):
     model = tiny_model().eval()
-    # a saved config that samples (as the demo model's does): the benchmark must still decode greedily
-    model.generation_config = IlladaGenerationConfig(max_new_tokens=16, steps=16, block_length=8, temperature=0.9,
-                                                     mask_token_id=model.config.mask_token_id)
+    # a saved config that samples (as the demo model's does) or decodes in parallel with a cache (as the distilled
+    # demo's does): the benchmark's plain and exact rows must still decode greedily, one token per step, uncached
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=16, steps=16, block_length=8,
+                                                     mask_token_id=model.config.mask_token_id, **saved)
     counter = bench.Counter(model)
     prompts = [torch.randint(4, 64, (1, 3), generator=torch.Generator().manual_seed(i)) for i in range(2)]
     modes = {mode.name: mode for mode in bench.MODES}

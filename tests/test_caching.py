@@ -244,3 +244,54 @@ def test_bad_cache_knobs_name_the_parameter(knobs, message):
 def test_parallel_decoding_needs_no_steps_divisibility():
     config = IlladaGenerationConfig(max_new_tokens=8, block_length=4, steps=3, parallel_decoding=True, cache="dual")
     assert config.parallel_decoding and config.cache == "dual"
+
+
+# ----------------------------------------------------------------------------------------------- suffix window
+
+
+def test_suffix_window_logits_are_a_forward_over_the_cut_canvas():
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, positions = padded_canvas(new=16)  # (2, 22)
+    config = IlladaGenerationConfig(suffix_window=3)
+    cache = NoCache(model, config=config)
+    got = cache.logits(x, mask, positions, 6, 10, 0)
+    expected = model(input_ids=x[:, :13], attention_mask=mask[:, :13], position_ids=positions[:, :13]).logits[:, 6:10]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert cache.positions_processed == 2 * 13
+    # ... and it is an approximation: the whole canvas gives other logits
+    assert not torch.allclose(got, NoCache(model).logits(x, mask, positions, 6, 10, 0), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["none", *CACHED])
+def test_suffix_window_covering_the_canvas_changes_nothing(name):
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=4, cache=name, eos_early_stop=False,
+                 return_dict_in_generate=True)
+    whole = model.generate(x, **knobs)
+    wide = model.generate(x, suffix_window=8, **knobs)  # after the first block 8 columns remain: all visible
+    narrow = model.generate(x, suffix_window=0, **knobs)
+    assert torch.equal(wide.sequences, whole.sequences)
+    assert wide.num_positions_processed == whole.num_positions_processed
+    assert narrow.num_positions_processed < whole.num_positions_processed
+    assert not bool((narrow.sequences == MASK).any())
+
+
+@pytest.mark.parametrize("name", ["none", "dual"])
+def test_suffix_window_left_padded_batch_matches_each_prompt_alone(name):
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(max_new_tokens=12, steps=12, block_length=4, cache=name, suffix_window=4)
+    together = model.generate(x, attention_mask=mask, **knobs)
+    for row, n in enumerate((6, 3)):
+        alone = model.generate(x[row : row + 1, -n:], **knobs)
+        assert torch.equal(together[row, -(n + 12) :], alone[0])
+
+
+def test_suffix_window_refuses_bad_values_and_infilling():
+    with pytest.raises(ValueError, match="suffix_window"):
+        IlladaGenerationConfig(suffix_window=-1)
+    prompt = torch.randint(4, 64, (1, 8), generator=torch.Generator().manual_seed(2))
+    prompt[0, [2, 3]] = MASK
+    with pytest.raises(ValueError, match="suffix_window.*infilling"):
+        tiny_model().generate(prompt, max_new_tokens=0, suffix_window=2)
