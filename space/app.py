@@ -140,6 +140,7 @@ class Settings:
                              f"reveal at least one token, so use at most {self.max_new_tokens} steps.")
         return dict(max_new_tokens=self.max_new_tokens, steps=self.steps, block_length=self.block_length,
                     remasking=self.remasking, temperature=self.temperature, threshold=self.threshold or None,
+                    parallel_decoding=bool(self.threshold),  # the control decides, not a saved `parallel_decoding`
                     cfg_scale=self.cfg_scale, variable_length=False)  # the canvas has a fixed length
 
 
@@ -147,12 +148,13 @@ class Settings:
 # The model and the bridge from generate()'s callback to a Python generator.
 
 
-def default_model() -> str:
-    """The embedded demo model's folder, or a SystemExit that says how to get one."""
+def default_model(fast: bool = False) -> str:
+    """The embedded demo model's folder (with `fast`, its distilled variant), or a SystemExit that says how to get
+    one."""
     try:
         from modeling_illada.demo import demo_model_path
 
-        path = Path(demo_model_path())
+        path = Path(demo_model_path(fast=True) if fast else demo_model_path())
     except (ImportError, OSError, ValueError) as error:
         raise SystemExit(f"The embedded demo model is not available: {error} Pass a model folder or Hub id: "
                          "`python space/app.py --model GSAI-ML/iLLaDA-8B-Instruct` (or set ILLADA_MODEL).") from None
@@ -717,13 +719,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="The illada Space: watch a diffusion LM unmask.")
     parser.add_argument("--model", default=os.environ.get("ILLADA_MODEL"),
                         help="local folder or Hub id (default: $ILLADA_MODEL, else the embedded demo model)")
+    parser.add_argument("--fast", action="store_true",
+                        help="with no --model: the embedded demo model after certainty-forcing distillation, whose "
+                        "saved settings decode several tokens per step (threshold 0.9, dual cache)")
     parser.add_argument("--device", default=os.environ.get("ILLADA_DEVICE"),
                         help="cpu, cuda, ... (default: $ILLADA_DEVICE, else cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--host", default=None, help="default: Gradio's (127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or $GRADIO_SERVER_PORT)")
     args = parser.parse_args(argv)
-    engine = Engine.load(args.model or default_model(), device=args.device, dtype=args.dtype)
+    engine = Engine.load(args.model or default_model(args.fast), device=args.device, dtype=args.dtype)
     launch(App(engine).build(), server_name=args.host, server_port=args.port)
 
 

@@ -269,6 +269,13 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module
     assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
     frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
     assert masks_left(frames[-1][0]) == 0 and frames[-1][1].blocks == 1
+    # a model saved for parallel decoding (as the distilled demo is): the Threshold control still decides
+    monkeypatch.setattr(config, "parallel_decoding", True)
+    monkeypatch.setattr(config, "threshold", 0.01)
+    scheduled = list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32, threshold=0.0)))
+    assert scheduled[-1][1].steps == 8 and masks_left(scheduled[-1][0]) == 0
+    parallel = list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32, threshold=0.01)))
+    assert parallel[-1][1].steps < 8 and masks_left(parallel[-1][0]) == 0
 
 
 def test_slider_scrubs_and_replay_plays_every_kept_step(app):
@@ -308,10 +315,12 @@ def test_missing_demo_model_gives_a_clear_message(app_module, monkeypatch, tmp_p
     with pytest.raises(SystemExit, match="--model"):
         app_module.default_model()
     fake = types.ModuleType("modeling_illada.demo")
-    fake.demo_model_path = lambda: tmp_path  # the module is there, the weights are not
+    fake.demo_model_path = lambda fast=False: tmp_path / ("fast" if fast else "")  # the module is there, no weights
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", fake)
     with pytest.raises(SystemExit, match="demo model is missing"):
         app_module.default_model()
+    with pytest.raises(SystemExit, match="fast.*no config.json"):
+        app_module.default_model(fast=True)
 
 
 @pytest.mark.slow
