@@ -31,8 +31,9 @@ to and including the first EOS; all of them when there is none); tok/fwd = token
 forward; tok/s = useful tokens per second (for the AR twin: its tokens per second); speedup = tok/s over plain's;
 match = share of prompts whose useful text equals plain's; agree = share of positions (over the longer useful span)
 equal to plain's; ELBO/tok = LLaDA's Monte Carlo bound on log p(useful text | prompt) per token, scored by the
-(undistilled) demo model for both demo sections with 32 masked samples at fixed seeds (independent of the sampler's randomness), higher = the
-model finds the text likelier.
+(undistilled) demo model for both demo sections with 32 masked samples at fixed seeds (independent of the
+sampler's randomness), higher = the model finds the text likelier; rep-4 = share of an output's 4-grams that repeat an earlier one (greedy decoding of
+a small model loops; the ELBO does not penalise loops, rep-4 shows them).
 """
 
 import argparse
@@ -246,6 +247,18 @@ def run_autoregressive(twin, prompts, n) -> Row:
     return Row("", n, "AR twin (KV cache)", "ar", seconds, float(total), float(positions), float(total), total)
 
 
+def repetition(outputs, n: int = 4) -> float:
+    """Share of each output's n-grams that repeat an earlier n-gram of the same output, averaged over outputs
+    (0 = no n-gram twice; degenerate loops approach 1). The ELBO alone rewards such loops: a model finds its own
+    repetitions likely."""
+    shares = []
+    for out in outputs:
+        grams = [tuple(out[i : i + n]) for i in range(len(out) - n + 1)]
+        if grams:
+            shares.append(1 - len(set(grams)) / len(grams))
+    return sum(shares) / max(len(shares), 1)
+
+
 def elbo_per_token(judge, prompts, outputs, seed=0) -> float:
     """Mean per-token ELBO of `outputs` given `prompts`, scored by `judge`."""
     scores = []
@@ -272,7 +285,7 @@ def agreement(outputs, reference) -> tuple[float, float]:
 
 def format_table(rows: list[Row]) -> str:
     header = (f"{'model':<10} {'len':>4}  {'mode':<19} {'fwd/tok':>8} {'pos/tok':>8} {'tok/fwd':>7} {'tok/s':>8} "
-              f"{'speedup':>8} {'match':>6} {'agree':>6} {'ELBO/tok':>9}")
+              f"{'speedup':>8} {'match':>6} {'agree':>6} {'ELBO/tok':>9} {'rep-4':>6}")
     lines = [header, "-" * len(header)]
     plain = {(r.model, r.length): r for r in rows if r.kind == "plain"}
     for r in rows:
@@ -284,9 +297,10 @@ def format_table(rows: list[Row]) -> str:
             m, a = agreement(r.outputs, base.outputs)
             match, agree = f"{m:.2f}", f"{a:.2f}"
         elbo = f"{r.elbo:.3f}" if r.elbo is not None else "-"
+        rep = f"{repetition(r.outputs):.2f}" if r.outputs is not None else "-"
         lines.append(
             f"{r.model:<10} {r.length:>4}  {r.mode:<19} {r.forwards / r.useful:>8.3f} {r.positions / r.useful:>8.1f} "
-            f"{r.committed / max(r.forwards, 1):>7.2f} {rate:>8.1f} {speedup:>7.2f}x {match:>6} {agree:>6} {elbo:>9}"
+            f"{r.committed / max(r.forwards, 1):>7.2f} {rate:>8.1f} {speedup:>7.2f}x {match:>6} {agree:>6} {elbo:>9} {rep:>6}"
         )
         if r is rows[-1] or rows[rows.index(r) + 1].length != r.length or rows[rows.index(r) + 1].model != r.model:
             lines.append("")

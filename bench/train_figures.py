@@ -171,7 +171,8 @@ def main(argv=None) -> int:
 
     def load(folder, objective):
         run = _recipe(folder)
-        if (run["train_documents"], run["eval_documents"]) != (len(train_docs), len(heldout_docs)):
+        # a distilled model (`illada distill`) trained on its teacher's outputs, not on a split: no split to compare
+        if "train_documents" in run and (run["train_documents"], run["eval_documents"]) != (len(train_docs), len(heldout_docs)):
             raise SystemExit(f"{folder}: its split differs from {args.model}'s (different corpus or tokenizer?)")
         if (run["objective"] == "autoregressive") != (objective == "autoregressive"):
             raise SystemExit(f"{folder} was trained with objective {run['objective']!r}, expected {objective!r}")

@@ -90,7 +90,8 @@ def cmd_distill(args) -> int:
             args.output, args.model, data=args.data or (), trajectories=args.trajectories,
             doc_separator=args.doc_separator, num_prompts=args.num_prompts, prompt_tokens=tuple(args.prompt_tokens),
             max_new_tokens=args.max_new_tokens, block_length=args.block_length, teacher_cache=args.teacher_cache,
-            certainty_weight=args.certainty_weight, batch_size=args.batch_size, max_steps=args.max_steps,
+            certainty_weight=args.certainty_weight, text_weight=args.text_weight, seq_length=args.seq_length,
+            batch_size=args.batch_size, max_steps=args.max_steps,
             learning_rate=args.lr, warmup_steps=args.warmup_steps, eval_steps=args.eval_steps,
             save_steps=args.save_steps, logging_steps=args.logging_steps, seed=args.seed, threshold=args.threshold,
             overwrite=args.overwrite, resume=args.resume if args.resume != "last" else True,
@@ -181,16 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--data", nargs="+", help="text files or folders the prompts are cut from")
     di.add_argument("--trajectories", help="JSONL of teacher outputs: read if it exists, else generated and written")
     di.add_argument("--doc-separator", dest="doc_separator", help='line that separates documents in a file, e.g. "%%"')
-    di.add_argument("--num-prompts", type=int, default=768, dest="num_prompts")
+    di.add_argument("--num-prompts", type=int, default=1024, dest="num_prompts")
     di.add_argument("--prompt-tokens", type=int, nargs=2, default=[1, 4], dest="prompt_tokens", metavar=("MIN", "MAX"))
     di.add_argument("--max-new-tokens", type=int, default=224, dest="max_new_tokens")
     di.add_argument("--block-length", type=int, default=32, dest="block_length")
     di.add_argument("--teacher-cache", default="dual", choices=["none", "prefix", "dual"], dest="teacher_cache")
     di.add_argument("--certainty-weight", type=float, default=1.0, dest="certainty_weight")
+    di.add_argument("--text-weight", type=float, default=1.0, dest="text_weight",
+                    help="weight of the replayed corpus text under the plain diffusion loss (0: none)")
+    di.add_argument("--seq-length", type=int, dest="seq_length",
+                    help="length of the replayed text sequences (default: the model's context)")
     di.add_argument("--threshold", type=float, default=0.9, help="parallel-decoding threshold saved with the model")
     di.add_argument("--batch-size", type=int, default=16, dest="batch_size")
-    di.add_argument("--max-steps", type=int, default=600, dest="max_steps")
-    di.add_argument("--lr", type=float, default=3e-4)
+    di.add_argument("--max-steps", type=int, default=800, dest="max_steps")
+    di.add_argument("--lr", type=float, default=5e-4)
     di.add_argument("--warmup-steps", type=int, default=20, dest="warmup_steps")
     di.add_argument("--eval-steps", type=int, default=100, dest="eval_steps")
     di.add_argument("--save-steps", type=int, default=200, dest="save_steps")

@@ -43,3 +43,9 @@ def test_exact_modes_reproduce_plain_whatever_the_saved_config(bench, saved):
         assert rows[name].outputs == rows["plain"].outputs, name
         assert bench.agreement(rows[name].outputs, rows["plain"].outputs)[0] == 1.0
     assert rows["plain"].forwards == 2 * 16 and rows["plain"].positions == 2 * 16 * 19
+
+
+def test_repetition_counts_repeated_four_grams(bench):
+    assert bench.repetition([[1, 2, 3, 4, 1, 2, 3, 4]]) == pytest.approx(1 / 5)  # 5 four-grams, one seen before
+    assert bench.repetition([[1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7]]) == pytest.approx((0 + 2 / 3) / 2)
+    assert bench.repetition([[1, 2]]) == 0.0  # too short to have a 4-gram
