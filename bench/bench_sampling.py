@@ -362,6 +362,8 @@ def demo_section(args, lengths, block, notes, began, label="demo", judge=None) -
     trained = model.config.max_position_embeddings
     if longest > trained:
         model.config.max_position_embeddings = longest
+    if judge.config.max_position_embeddings < longest:  # the judge scores the same prompt + output
+        judge.config.max_position_embeddings = longest
     params = sum(p.numel() for p in model.parameters()) / 1e6
     shipped = "the shipped demo model" + (" after certainty-forcing distillation" if fast else "")
     notes.append(f"{label}: {path or shipped}, {params:.1f}M parameters, "
@@ -384,6 +386,7 @@ def demo_section(args, lengths, block, notes, began, label="demo", judge=None) -
             rows.append(run_autoregressive(twin, prompts[:count], n))
             rows[-1].model = label
         print(f"[{time.perf_counter() - began:.0f}s] {label} length {n} done", flush=True)
+        print(format_table([r for r in rows if r.length == n]), flush=True)  # kept if a later section fails
     return rows
 
 

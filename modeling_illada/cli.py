@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--seq-length", type=int, dest="seq_length",
                     help="length of the replayed text sequences (default: the model's context)")
     di.add_argument("--threshold", type=float, default=0.9, help="parallel-decoding threshold saved with the model")
-    di.add_argument("--batch-size", type=int, default=16, dest="batch_size")
+    di.add_argument("--batch-size", type=int, default=8, dest="batch_size",
+                    help="trajectories per batch (and as many text sequences with text replay)")
     di.add_argument("--max-steps", type=int, default=800, dest="max_steps")
     di.add_argument("--lr", type=float, default=5e-4)
     di.add_argument("--warmup-steps", type=int, default=20, dest="warmup_steps")

@@ -282,7 +282,7 @@ def distill(
     eval_fraction: float = 0.05,
     heldout_fraction: float = 0.02,
     seq_length: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = 8,
     max_steps: int = 800,
     learning_rate: float = 5e-4,
     warmup_steps: int = 20,

@@ -12,12 +12,14 @@ from conftest import tiny_model
 from modeling_illada.cli import main
 from modeling_illada.distill import (
     CertaintyForcingCollator,
+    ReplayCollator,
+    ReplayDataset,
     certainty_forcing_loss,
     distill,
     generate_trajectories,
     read_trajectories,
 )
-from modeling_illada.training import train
+from modeling_illada.training import PretrainCollator, train
 from test_training import FAST, sentences
 
 MASK = 3
@@ -97,6 +99,34 @@ def test_certainty_is_zero_when_nothing_is_right_and_its_gradient_sharpens():
     assert after < certainty
 
 
+def test_replay_batches_stack_trajectories_over_weighted_text():
+    trajectories = [trajectory(2, 14), trajectory(3, 11, offset=30)]
+    text = [{"input_ids": list(range(40, 56))} for _ in range(3)]
+    pairs = ReplayDataset(trajectories, text)
+    assert len(pairs) == 3 and pairs[2]["trajectory"] is trajectories[0] and pairs[2]["text"] is text[2]
+    cf = CertaintyForcingCollator(MASK, block_length=4, seed=1)
+    tx = PretrainCollator(MASK, seed=1)
+    batch = ReplayCollator(cf, tx, text_weight=0.5)([pairs[0], pairs[1]])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["loss_weights"].shape == (4, 16)
+    assert batch["certainty_rows"].tolist() == [True, True, False, False]
+    alone = cf(trajectories)  # (2, 14): right-padded with masks to the text's 16 columns
+    assert torch.equal(batch["input_ids"][:2, :14], alone["input_ids"]) and (batch["input_ids"][:2, 14:] == MASK).all()
+    assert (batch["labels"][:2, 14:] == -100).all() and torch.equal(batch["labels"][:2, :14], alone["labels"])
+    text_alone = tx([pairs[0]["text"], pairs[1]["text"]])
+    torch.testing.assert_close(batch["loss_weights"][2:], 0.5 * text_alone["loss_weights"])
+    assert torch.equal(batch["labels"][2:], text_alone["labels"])
+
+
+def test_certainty_applies_only_to_the_marked_rows():
+    logits = torch.tensor([[[3.0, 0.0]], [[0.0, 2.0]]])  # (2, 1, 2): both rows predicted right
+    labels, weights = torch.tensor([[0], [1]]), torch.tensor([[0.5], [0.5]])
+    _, _, both = certainty_forcing_loss(logits, labels, weights)
+    _, _, first = certainty_forcing_loss(logits, labels, weights, certainty_rows=torch.tensor([True, False]))
+    p = torch.tensor([3.0, 0.0]).softmax(-1)
+    assert first.item() == pytest.approx(-(p * p.log()).sum().item(), rel=1e-5)
+    assert both.item() != pytest.approx(first.item())
+
+
 def test_trajectories_are_the_models_greedy_outputs_in_prompt_order():
     model = tiny_model()
     prompts = [[5, 6], [7, 8, 9], [10, 11], [12, 13, 14]]
@@ -161,8 +191,8 @@ def test_cli_reuses_trajectories_and_reports_bad_input(tmp_path, teacher, corpus
     assert main(base + ["--output", str(tmp_path / "a"), "--data", str(corpus_path), "--doc-separator", "%"]) == 0
     written = traj.read_text()
     assert len(written.splitlines()) == 8
-    # a second run reads the file (no data needed) and leaves it as it was
-    assert main(base + ["--output", str(tmp_path / "b")]) == 0
+    # a second run reads the file (no data needed without text replay) and leaves it as it was
+    assert main(base + ["--output", str(tmp_path / "b"), "--text-weight", "0"]) == 0
     assert traj.read_text() == written and "read 8 trajectories" in capsys.readouterr().err
     # no data and no trajectory file: a clear error, exit status 2
     code = main(["distill", "--model", str(teacher), "--output", str(tmp_path / "c")])
@@ -170,3 +200,24 @@ def test_cli_reuses_trajectories_and_reports_bad_input(tmp_path, teacher, corpus
     # a non-empty output folder is never overwritten silently
     code = main(base + ["--output", str(tmp_path / "a")])
     assert code == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_shipped_fast_demo_model_decodes_several_tokens_per_forward():
+    from pathlib import Path
+
+    from modeling_illada.demo import DEMO_FILES, demo_model_path, load_demo
+
+    folder = Path(demo_model_path(fast=True))
+    assert {p.name for p in folder.iterdir()} == set(DEMO_FILES) | {"README.md"}  # no code files
+    model, tokenizer = load_demo(fast=True)
+    saved = model.generation_config
+    assert saved.parallel_decoding and saved.cache == "dual" and saved.threshold == 0.9
+    recipe = json.loads((folder / "illada_train.json").read_text())
+    assert recipe["objective"] == "certainty_forcing"
+    ids = tokenizer("You will", return_tensors="pt").input_ids
+    fast = model.generate(ids, max_new_tokens=64, steps=64, return_dict_in_generate=True)  # its saved sampler
+    assert fast.tokens_per_forward > 1.5 and (fast.sequences != tokenizer.mask_token_id).all()
+    teacher, _ = load_demo()
+    slow = teacher.generate(ids, max_new_tokens=64, steps=64, temperature=0.0, cache="dual", parallel_decoding=True,
+                            return_dict_in_generate=True)
+    assert fast.tokens_per_forward > slow.tokens_per_forward
