@@ -112,6 +112,17 @@ def cmd_eval(args) -> int:
     return lm_eval_main(args.lm_eval_args)
 
 
+def add_run_options(parser: argparse.ArgumentParser, eval_steps: int) -> None:
+    """The Trainer-run options `train` and `distill` share."""
+    parser.add_argument("--eval-steps", type=int, default=eval_steps, dest="eval_steps")
+    parser.add_argument("--save-steps", type=int, default=200, dest="save_steps")
+    parser.add_argument("--logging-steps", type=int, default=20, dest="logging_steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="illada", description="Masked diffusion language models on transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,13 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--loss-weighting", default="elbo", choices=["elbo", "uniform"], dest="loss_weighting",
                     help="elbo: LLaDA's 1/p-weighted loss (default); uniform: mean CE over masked tokens")
     tr.add_argument("--random-length-prob", type=float, default=0.01, dest="random_length_prob")
-    tr.add_argument("--eval-steps", type=int, default=200, dest="eval_steps")
-    tr.add_argument("--save-steps", type=int, default=200, dest="save_steps")
-    tr.add_argument("--logging-steps", type=int, default=20, dest="logging_steps")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, help="torch CPU threads")
-    tr.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    tr.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
+    add_run_options(tr, eval_steps=200)
     tr.set_defaults(func=cmd_train)
     di = sub.add_parser("distill", help="certainty-forcing self-distillation (more tokens per forward in parallel decoding)")
     di.add_argument("--model", required=True, help="the teacher (and starting student): a model folder or Hub id")
@@ -198,13 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--max-steps", type=int, default=800, dest="max_steps")
     di.add_argument("--lr", type=float, default=5e-4)
     di.add_argument("--warmup-steps", type=int, default=20, dest="warmup_steps")
-    di.add_argument("--eval-steps", type=int, default=100, dest="eval_steps")
-    di.add_argument("--save-steps", type=int, default=200, dest="save_steps")
-    di.add_argument("--logging-steps", type=int, default=20, dest="logging_steps")
-    di.add_argument("--seed", type=int, default=0)
-    di.add_argument("--threads", type=int, help="torch CPU threads")
-    di.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
-    di.add_argument("--resume", nargs="?", const="last", help="continue from the last checkpoint (or the given one)")
+    add_run_options(di, eval_steps=100)
     di.set_defaults(func=cmd_distill)
     return parser
 
