@@ -32,8 +32,8 @@ forward; tok/s = useful tokens per second (for the AR twin: its tokens per secon
 match = share of prompts whose useful text equals plain's; agree = share of positions (over the longer useful span)
 equal to plain's; ELBO/tok = LLaDA's Monte Carlo bound on log p(useful text | prompt) per token, scored by the
 (undistilled) demo model for both demo sections with 32 masked samples at fixed seeds (independent of the
-sampler's randomness), higher = the model finds the text likelier; rep-4 = share of an output's 4-grams that repeat an earlier one (greedy decoding of
-a small model loops; the ELBO does not penalise loops, rep-4 shows them).
+sampler's randomness), higher = the model finds the text likelier; rep-4 = share of an output's 4-grams that
+repeat an earlier one (greedy decoding of a small model loops; the ELBO does not penalise loops, rep-4 shows them).
 """
 
 import argparse
@@ -447,15 +447,13 @@ def main(argv=None):
         f"parallel decoding (threshold 0.9); lengths {lengths}",
     ]
     rows: list[Row] = []
-    judge = None
     if "demo" not in args.skip:
         rows += demo_section(args, lengths, block, notes, began)
     else:
         notes.append("demo: skipped")
     if "demo-fast" not in args.skip:
         loaded, _ = load_demo(args.demo_path)  # the distilled model's outputs are scored by the model it came from
-        judge = loaded[0] if loaded else None
-        rows += demo_section(args, lengths, block, notes, began, label="demo-fast", judge=judge)
+        rows += demo_section(args, lengths, block, notes, began, label="demo-fast", judge=loaded[0] if loaded else None)
     else:
         notes.append("demo-fast: skipped")
     if "random" not in args.skip:

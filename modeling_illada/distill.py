@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .diffusion import masked_diffusion_loss
 from .training import (
     EPS, RECIPE_FILE, TIME_SAMPLING, _as_list, _check_output_dir, _load_model, batch_generator, mask_probability,
     PretrainCollator, pack_documents, read_documents, split_documents, training_arguments,
@@ -224,12 +225,12 @@ def certainty_forcing_loss(logits: torch.Tensor, labels: torch.Tensor, loss_weig
     cross_entropy = sum(CE x loss_weights) over labelled positions; certainty = mean entropy (nats) of the
     predictions at the labelled positions whose argmax equals the label (0 when there are none), in the rows
     `certainty_rows` `(B,)` marks (default: every row); loss = cross_entropy + certainty_weight x certainty."""
+    cross_entropy = masked_diffusion_loss(logits, labels, loss_weights)
     labelled = labels != -100  # (B, L)
     rows = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device) if certainty_rows is None \
         else certainty_rows.to(labels.device)
     logits = logits.float()[labelled]  # (N, V)
     targets = labels[labelled]  # (N,)
-    cross_entropy = (F.cross_entropy(logits, targets, reduction="none") * loss_weights[labelled]).sum()
     log_probs = logits.log_softmax(-1)  # (N, V)
     entropy = -(log_probs.exp() * log_probs).sum(-1)  # (N,)
     in_rows = rows[:, None].expand_as(labels)[labelled]  # (N,)
@@ -306,8 +307,9 @@ def distill(
     `trajectories` is a JSONL path: read if it exists, else generated and written there (never overwritten), so the
     costly teacher pass runs once. With `text_weight` > 0 every batch also replays `batch_size` sequences of that
     training split (packed to `seq_length`, default the model's context) under the plain masked-diffusion loss. A
-    held-out `eval_fraction` of the trajectories reports the loss every `eval_steps`. The saved generation config enables parallel decoding
-    at `threshold` with the dual cache and greedy decoding at `block_length`; everything else is `model`'s."""
+    held-out `eval_fraction` of the trajectories reports the loss every `eval_steps`. The saved generation config
+    enables parallel decoding at `threshold` with the dual cache and greedy decoding at `block_length`; everything
+    else is `model`'s."""
     from transformers import AutoTokenizer
 
     started = time.time()
@@ -322,16 +324,17 @@ def distill(
     if not 0 < threshold <= 1:
         raise ValueError(f"`threshold` must lie in (0, 1], got {threshold!r}.")
 
-    # 1. The teacher and its trajectories
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint or model)
-    net = _load_model(checkpoint or model)
+    # 1. The teacher and its trajectories (a resumed run gets the student's weights back from the Trainer)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    net = _load_model(model)
+    # the training side of the split `train()` made: prompts and replayed text come from it
+    documents = split_documents(read_documents(data, doc_separator), heldout_fraction)[0] if data else []
     if trajectories is not None and Path(trajectories).is_file():
         records = read_trajectories(trajectories)
         log(f"read {len(records)} trajectories from {trajectories}")
     else:
         if not data:
             raise ValueError("Pass `data` (text the prompts are cut from) or an existing `trajectories` file.")
-        documents, _ = split_documents(read_documents(data, doc_separator), heldout_fraction)  # as `train()` splits
         prompts = distillation_prompts(documents, tokenizer, num_prompts, prompt_tokens, seed)
         if max(map(len, prompts)) + max_new_tokens > net.config.max_position_embeddings:
             raise ValueError(
@@ -350,7 +353,6 @@ def distill(
         if seq_length > net.config.max_position_embeddings:
             raise ValueError(f"`seq_length` {seq_length} exceeds the model's context "
                              f"(`max_position_embeddings` = {net.config.max_position_embeddings}).")
-        documents, _ = split_documents(read_documents(data, doc_separator), heldout_fraction)
         text = pack_documents(documents, tokenizer, seq_length)
         text_sequences = len(text)
         train_set = ReplayDataset(train_set, text)
@@ -375,8 +377,7 @@ def distill(
     # 4. The fast sampler becomes the saved default
     generation = net.generation_config
     generation.update(parallel_decoding=True, threshold=threshold, cache="dual", block_length=block_length,
-                      temperature=0.0)
-    generation.validate()
+                      temperature=0.0)  # validates
     trainer.save_model(str(output_dir))
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
     metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step}
@@ -388,7 +389,8 @@ def distill(
         "num_prompts": num_prompts, "prompt_tokens": list(prompt_tokens), "max_new_tokens": max_new_tokens,
         "block_length": block_length, "teacher_cache": teacher_cache, "certainty_weight": certainty_weight,
         "text_weight": text_weight, "seq_length": seq_length, "text_sequences": text_sequences,
-        "eval_fraction": eval_fraction, "heldout_fraction": heldout_fraction, "batch_size": batch_size, "max_steps": max_steps,
+        "eval_fraction": eval_fraction, "heldout_fraction": heldout_fraction, "batch_size": batch_size,
+        "max_steps": max_steps,
         "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
         "weight_decay": weight_decay, "seed": seed, "threshold": threshold, "train_sequences": len(train_set),
         "eval_sequences": len(eval_set), "parameters": sum(p.numel() for p in net.parameters()),
