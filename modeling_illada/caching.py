@@ -27,6 +27,10 @@ Exactness: a cached step equals `none` when nothing outside its window changed s
 the refresh itself, and at every step of a one-layer model (its keys/values depend only on token and position);
 with more layers, stale keys/values of the prefix (and suffix) make later steps of a block approximate.
 
+Shifted logits (`config.shift_logits`, see `diffusion.py`): the block's columns are predicted by the outputs one
+column to their left, so a cached step feeds the window from `block_start - 1` (the last prefix column, fresh) and
+keeps the outputs of the window's first `block_length` columns; nothing else changes.
+
 Every policy counts `forward_passes`, `positions_processed` (query positions fed to the model, summed over the rows,
 CFG's unconditional rows included) and `refreshes` (full forwards made to fill a cache).
 """
@@ -34,6 +38,8 @@ CFG's unconditional rows included) and `refreshes` (full forwards made to fill a
 import torch
 
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .diffusion import logit_shift, prediction_rows
 
 
 class CanvasLayer(CacheLayerMixin):
@@ -93,6 +99,7 @@ class NoCache:
 
     def __init__(self, model, config=None, **kwargs):
         self.model = model
+        self.shift = logit_shift(model.config)  # 1: column j is predicted by output j - 1
         self.suffix_window = getattr(config, "suffix_window", None)
         self.forward_passes = 0
         self.positions_processed = 0
@@ -123,11 +130,12 @@ class NoCache:
         """`(B', block_end - block_start, V)` logits for the block, given the whole canvas `x` `(B', L)`."""
         end = self.visible_end(block_end, x.shape[1])
         return self._forward(x[:, :end], _cut(attention_mask, end), position_ids[:, :end],
-                             slice(block_start, block_end))
+                             prediction_rows(block_start, block_end, self.shift))
 
 
 class PrefixCache(NoCache):
-    """Fast-dLLM PrefixCache: refresh when a block starts, then feed `[block_start, L)` and reuse the prefix."""
+    """Fast-dLLM PrefixCache: refresh when a block starts, then feed `[block_start, L)` and reuse the prefix
+    (from `block_start - 1` for a shifted model: that column's output predicts the block's first column)."""
 
     name = "prefix"
     exact = False
@@ -149,11 +157,13 @@ class PrefixCache(NoCache):
             self.refreshes += 1
             self.store.reset()
             self.store.window_start = 0
-            return self._forward(x, attention_mask, position_ids, slice(block_start, block_end), self.store)
+            return self._forward(x, attention_mask, position_ids, prediction_rows(block_start, block_end, self.shift),
+                                 self.store)
         end = self.window_end(block_end, visible)
-        self.store.window_start = block_start
+        start = block_start - self.shift  # (B', end - start): the block, led by the column predicting its first
+        self.store.window_start = start
         return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
-            x[:, block_start:end], attention_mask, position_ids[:, block_start:end],
+            x[:, start:end], attention_mask, position_ids[:, start:end],
             slice(0, block_end - block_start), self.store,
         )
 

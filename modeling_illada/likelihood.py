@@ -33,6 +33,7 @@ weight, `mc_num` -> the number of Monte Carlo samples.
 import torch
 import torch.nn.functional as F
 
+from .diffusion import logit_shift, prediction_rows
 from .guidance import guidance_for
 
 
@@ -108,11 +109,18 @@ class _Layout:
         limit = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
         bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
         eos = _required_id(model, "eos_token_id", eos_token_id, "`padd_eos=True`") if padd_eos else None
+        self.shift = logit_shift(config)
         for i, (prompt, answer) in enumerate(zip(prompts, answers)):
             if not answer:
                 raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs a token).")
             if bos is not None and prompt[:1] != [bos]:
                 prompts[i] = prompt = [bos] + prompt
+            if self.shift and not prompt:
+                raise ValueError(
+                    f"`prompts[{i}]` is empty, but this model's logits are shifted (`shift_logits=True`: each token is "
+                    "predicted from the one before it), so an answer's first token needs a token before it: pass a "
+                    "prompt, or `add_bos_token=True`."
+                )
             total = len(prompt) + len(answer) + (eos is not None)
             if limit is not None and total > limit:
                 raise ValueError(
@@ -151,8 +159,8 @@ class _Layout:
         """`(n, W)` float32 log-probability of the true answer token at every answer column of canvases `x` `(n, T)`."""
         guidance = guidance_for(cfg_scale, mask_id, self.prompt_index[rows])
         guided_x, guided_mask = guidance.batch(x, self.attention_mask[rows])
-        answer_cols = slice(self.start, self.start + self.width)
-        out = model(input_ids=guided_x, attention_mask=guided_mask, logits_to_keep=answer_cols)
+        answer_rows = prediction_rows(self.start, self.start + self.width, self.shift)  # outputs predicting them
+        out = model(input_ids=guided_x, attention_mask=guided_mask, logits_to_keep=answer_rows)
         logits = guidance.combine(out.logits if hasattr(out, "logits") else out[0]).float()  # (n, W, V)
         return -F.cross_entropy(logits.transpose(1, 2), self.answer[rows], reduction="none")  # (n, W)
 
@@ -385,7 +393,8 @@ def elbo(
     """Monte Carlo ELBO of each whole text, a `(N,)` float64 tensor: a lower bound on log p(text), not the exact
     log-likelihood (a masked diffusion LM has none in closed form).
 
-    A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`). A longer one is
+    A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`); for a model with
+    shifted logits (`shift_logits`) and no BOS the first token is the prompt and the rest is scored. A longer one is
     cut into windows: the first `max_length` tokens, then chunks of half that, each scored conditioned on the tokens
     just before it; the sum bounds the chain of those truncated-context conditionals. `generator` may be a list of
     one generator per text. Other arguments are as in `monte_carlo_log_likelihood`. Memory: a forward holds
@@ -396,17 +405,23 @@ def elbo(
     generators = _generators(generator, seed, len(texts))
     limit = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
     bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
+    # a shifted model predicts each token from the one before it: without BOS the first token only conditions
+    first = 1 if logit_shift(getattr(model, "config", None)) and bos is None else 0
     prompts, answers, owners, window_generators = [], [], [], []
     for index, text in enumerate(texts):
-        if not text:
-            raise ValueError(f"`texts[{index}]` is empty: there is nothing to score.")
+        if len(text) <= first:
+            raise ValueError(
+                f"`texts[{index}]` is empty: there is nothing to score." if not text else
+                f"`texts[{index}]` has one token, which this model (shifted logits: each token is predicted from the "
+                "one before it) cannot score without a token before it: pass `add_bos_token=True`."
+            )
         room = len(text) if limit is None else limit - (bos is not None) - bool(padd_eos)
-        if room < 1:
+        if room < 1 + first:
             raise ValueError(f"`max_length` ({limit}) leaves no room for text after BOS/EOS.")
-        for context_start, start, end in _windows(len(text), room):
-            context = text[context_start:start]
+        for context_start, start, end in _windows(len(text) - first, room - first):
+            context = text[context_start:start + first]
             prompts.append(context if context else ([bos] if bos is not None else []))
-            answers.append(text[start:end])
+            answers.append(text[start + first:end + first])
             owners.append(index)
             window_generators.append(generators[index])
     scores = monte_carlo_log_likelihood(

@@ -4,8 +4,9 @@ Differs from transformers' `modeling_llama.py`:
 
 * attention is bidirectional: every attention module sets `is_causal = False` and no causal mask is ever built;
   a 2-D padding mask only hides padded keys, a 4-D mask is used as given (block-causal, packed, ...);
-* the head predicts x_0 at every position (mask tokens included); there is no next-token shift, and
-  `labels` give the masked-diffusion loss (see `diffusion.py`), not an autoregressive one;
+* the head predicts x_0 at every position (mask tokens included), at the same position (LLaDA, iLLaDA) or one
+  position later for a checkpoint adapted from an autoregressive model (`shift_logits`: Dream, `illada adapt`);
+  `labels` (in canvas columns) give the masked-diffusion loss (see `diffusion.py`), not an autoregressive one;
 * a key/value cache is optional and positional: callers pass `position_ids` for the rows they feed, so a
   sampler can cache a prefix (or prefix and suffix) and recompute only the block it is denoising;
 * LLaDA-8B / LLaDA-1.5 checkpoints (OLMo-style keys under `model.transformer.*`) load into the same classes
@@ -26,7 +27,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_illada import IlladaConfig, LladaConfig
-from .diffusion import masked_diffusion_loss
+from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
 from .likelihood import IlladaLikelihoodMixin
 
@@ -150,7 +151,8 @@ class IlladaAttention(nn.Module):
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size,
+                                bias=getattr(config, "attention_output_bias", config.attention_bias))
 
     def forward(
         self,
@@ -509,7 +511,8 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
         """
         Args (beyond `IlladaModel.forward`):
             labels (`torch.LongTensor` of shape `(batch, length)`, *optional*): x_0 at the masked positions and
-                -100 elsewhere; gives the masked-diffusion loss (no shift).
+                -100 elsewhere, in canvas columns; gives the masked-diffusion loss. With `config.shift_logits` column
+                j is scored by output j - 1 (column 0, which no output predicts, must be -100).
             loss_weights (`torch.FloatTensor` of shape `(batch, length)`, *optional*): per-token weights carrying
                 1/p_mask and the normalisation (see `diffusion.masked_diffusion_loss`).
             logits_to_keep (`int`, `slice` or 1-D `torch.LongTensor`): compute logits only for the last `n`
@@ -537,7 +540,14 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
         if labels is not None:
             if logits.shape[1] != labels.shape[1]:
                 raise ValueError("`labels` need logits at every position: do not combine them with `logits_to_keep`.")
-            loss = masked_diffusion_loss(logits, labels, loss_weights)
+            shift = logit_shift(self.config)
+            if shift and bool((labels[:, 0] != -100).any()):
+                raise ValueError(
+                    "`labels` has a target in column 0, but this model's logits are shifted (`shift_logits=True`: "
+                    "output j predicts column j + 1), so no output predicts column 0: set labels[:, 0] = -100 and never "
+                    "mask position 0 (the training collators do this when given `shift_logits=True`)."
+                )
+            loss = masked_diffusion_loss(align_predictions(logits, shift), labels, loss_weights)
 
         cache = getattr(outputs, CACHE_FIELD)
         if not return_dict:

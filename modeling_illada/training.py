@@ -106,6 +106,8 @@ class MaskedDiffusionCollator:
             batch's tokens. A batch's noise then does not depend on what ran before it, so a resumed run (which
             skips the batches already seen) and dataloader workers draw exactly what an uninterrupted run draws.
             `train()` passes its `seed`. With neither, torch's global RNG is used.
+        shift_logits: the model's `config.shift_logits`: position 0, which no output of a shifted model predicts, is
+            then never masked (and not counted in the normaliser).
     """
 
     mask_token_id: int
@@ -114,6 +116,7 @@ class MaskedDiffusionCollator:
     loss_weighting: str = "elbo"
     generator: torch.Generator | None = None
     seed: int | None = None
+    shift_logits: bool = False
 
     def __post_init__(self):
         if not isinstance(self.mask_token_id, int) or isinstance(self.mask_token_id, bool) or self.mask_token_id < 0:
@@ -159,7 +162,9 @@ class PretrainCollator(MaskedDiffusionCollator):
         if self.random_length_prob and torch.rand(1, generator=generator).item() < self.random_length_prob:
             x0 = x0[:, : int(torch.randint(1, x0.shape[1] + 1, (1,), generator=generator))]
         batch, length = x0.shape
-        return self.corrupt(x0, torch.ones_like(x0, dtype=torch.bool), batch * length, generator)
+        noisable = torch.ones_like(x0, dtype=torch.bool)  # (B, L)
+        noisable[:, : int(self.shift_logits)] = False  # a shifted model never predicts position 0
+        return self.corrupt(x0, noisable, batch * max(length - int(self.shift_logits), 1), generator)
 
 
 @dataclass
@@ -184,7 +189,7 @@ class SFTCollator(MaskedDiffusionCollator):
         x0 = torch.full((len(features), length), self.eos_token_id, dtype=torch.long)  # (B, L)
         for row, f in enumerate(features):
             x0[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"], dtype=torch.long)
-        prompt_length = torch.tensor([f["prompt_length"] for f in features])  # (B,)
+        prompt_length = torch.tensor([f["prompt_length"] for f in features]).clamp(min=int(self.shift_logits))  # (B,)
         noisable = torch.arange(length)[None, :] >= prompt_length[:, None]  # (B, L)
         answer_length = (length - prompt_length).clamp(min=1)[:, None].float()  # (B, 1)
         return self.corrupt(x0, noisable, answer_length * len(features))
@@ -193,19 +198,28 @@ class SFTCollator(MaskedDiffusionCollator):
 @dataclass
 class CausalCollator:
     """Autoregressive batches for the same model (no diffusion): clean `input_ids`, a causal 4-D `attention_mask`
-    `(B, 1, L, L)`, `labels` = the next token at every position (-100 at the last) and uniform `loss_weights`, so
-    the model's loss is the mean next-token cross-entropy. For padded documents (features with `answer_length`,
-    from `pad_documents`) a row's labels stop at its first EOS. Used for an autoregressive twin of the same architecture
-    (a baseline) and for the AR stage of AR-to-diffusion adaptation (as Dream / DiffuLLaMA start from AR models)."""
+    `(B, 1, L, L)`, `labels` = the next token at every position and uniform `loss_weights`, so the model's loss is
+    the mean next-token cross-entropy. For padded documents (features with `answer_length`, from `pad_documents`) a
+    row's labels stop at its first EOS. Used for an autoregressive twin of the same architecture (a baseline) and
+    for the AR stage of AR-to-diffusion adaptation (as Dream / DiffuLLaMA start from AR models).
+
+    `labels` are in canvas columns, like the diffusion collators': for an unshifted model (output i predicts column
+    i) the target of output i is token i + 1, written at column i (-100 at the last); for a model with
+    `shift_logits` (output i already predicts column i + 1) the labels are the tokens themselves, -100 at column 0."""
+
+    shift_logits: bool = False
 
     def __call__(self, features: list[dict]) -> dict:
         x = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)  # (B, L)
         batch, length = x.shape
         labels = torch.full_like(x, -100)
-        labels[:, :-1] = x[:, 1:]  # (B, L)
+        if self.shift_logits:
+            labels[:, 1:] = x[:, 1:]  # (B, L): column j, scored by output j - 1
+        else:
+            labels[:, :-1] = x[:, 1:]  # (B, L): the next token, at the column of the output that predicts it
         if "answer_length" in features[0]:  # padded documents: predict up to the first EOS, not the padding
             valid = torch.tensor([f["prompt_length"] + f["answer_length"] for f in features])  # (B,)
-            labels[torch.arange(length)[None, :] >= (valid - 1)[:, None]] = -100
+            labels[torch.arange(length)[None, :] >= (valid - 1 + int(self.shift_logits))[:, None]] = -100
         causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L), True = attend
         weights = (labels != -100).float() / (labels != -100).sum().clamp(min=1)  # (B, L)
         return {"input_ids": x, "attention_mask": causal.expand(batch, 1, length, length).contiguous(),
@@ -450,18 +464,23 @@ def model_config(tokenizer, seq_length: int, preset: str | None = None, config: 
 # ---------------------------------------------------------------------------------------------------------------
 # 5. The training driver
 
-RECIPE_FILE = "illada_train.json"  # the arguments of the run and its results, written beside the weights
+RECIPE_FILE = "illada_train.json"  # the recipe of the run and its results, written beside the weights
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
+def check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
     """Refuse a non-empty output folder unless asked; return the checkpoint to resume from (or None)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"The output folder {str(output_dir)!r} is a file: name a folder to write the model into.")
     if resume:
         checkpoint = get_last_checkpoint(str(output_dir)) if resume is True and output_dir.is_dir() else resume
         if checkpoint is True or checkpoint is None or not Path(checkpoint).is_dir():
+            where = str(output_dir) if resume is True else str(resume)
             raise ValueError(
-                f"`resume`: no checkpoint to resume from in {str(output_dir)!r} (looked for checkpoint-N folders)."
+                f"`resume`: no checkpoint to resume from in {where!r} (looked for checkpoint-N folders)."
+                if resume is True else f"`resume`: {where!r} is not a checkpoint folder."
             )
         return str(checkpoint)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
@@ -472,192 +491,209 @@ def _check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
     return None
 
 
-def training_arguments(
-    output_dir, *, has_eval: bool, batch_size: int, gradient_accumulation_steps: int, max_steps: int,
-    learning_rate: float, warmup_steps: int, lr_scheduler: str, weight_decay: float, eval_steps: int,
-    save_steps: int, save_total_limit: int, logging_steps: int, seed: int, disable_tqdm: bool = False,
-):
+def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool = False):
     """The `TrainingArguments` of a run (shared with `bench/train_figures.py`, whose autoregressive twin must see
     the same optimiser, schedule and batches): AdamW (beta2 0.95), gradient clipping at 1, fixed step budget."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate, warmup_steps=warmup_steps, lr_scheduler_type=lr_scheduler,
-        weight_decay=weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=logging_steps,
-        eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps, save_strategy="steps",
-        save_steps=save_steps, save_total_limit=save_total_limit, seed=seed, report_to="none",
+        output_dir=str(output_dir), max_steps=recipe.max_steps, per_device_train_batch_size=recipe.batch_size,
+        per_device_eval_batch_size=recipe.batch_size, gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate, warmup_steps=recipe.warmup_steps, lr_scheduler_type=recipe.lr_scheduler,
+        weight_decay=recipe.weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=recipe.logging_steps,
+        eval_strategy="steps" if has_eval else "no", eval_steps=recipe.eval_steps, save_strategy="steps",
+        save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, seed=recipe.seed, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
     )
 
 
-def train(
-    output_dir,
-    data=(),
-    sft=(),
-    eval_data=(),
-    eval_fraction: float = 0.02,
-    doc_separator: str | None = None,
-    packing: bool = True,
-    model: str | None = None,
-    tokenizer=None,
-    train_tokenizer_vocab: int | None = None,
-    preset: str | None = None,
-    config: dict | str | None = None,
-    seq_length: int = 256,
-    batch_size: int = 16,
-    gradient_accumulation_steps: int = 1,
-    max_steps: int = 1000,
-    learning_rate: float = 1e-3,
-    warmup_steps: int = 100,
-    lr_scheduler: str = "cosine",
-    weight_decay: float = 0.1,
-    objective: str = "diffusion",
-    time_sampling: str = "stratified",
-    loss_weighting: str = "elbo",
-    random_length_prob: float = 0.01,
-    eval_steps: int = 200,
-    save_steps: int = 200,
-    save_total_limit: int = 2,
-    logging_steps: int = 20,
-    seed: int = 0,
-    overwrite: bool = False,
-    resume=None,
-    disable_tqdm: bool = False,
-    callbacks=None,
-):
+@dataclass
+class Corpus:
+    """A run's documents: plain-text documents and chats, each split into training and held-out parts."""
+
+    texts: list
+    chats: list
+    heldout_texts: list
+    heldout_chats: list
+
+    @property
+    def train_documents(self) -> int:
+        return len(self.texts) + len(self.chats)
+
+    @property
+    def eval_documents(self) -> int:
+        return len(self.heldout_texts) + len(self.heldout_chats)
+
+
+def read_corpus(recipe) -> Corpus:
+    """Read `recipe.data` (plain text) and `recipe.sft` (chats); held-out parts from `eval_data`, else a split."""
+    if not recipe.data and not recipe.sft:
+        raise ValueError("No training data: pass `data` (plain text, pretraining) and/or `sft` (JSONL chats).")
+    texts = read_documents(recipe.data, recipe.doc_separator) if recipe.data else []
+    chats = read_conversations(recipe.sft) if recipe.sft else []
+    if recipe.eval_data:
+        heldout = [p for p in recipe.eval_data]
+        jsonl = [p for p in heldout if str(p).endswith(".jsonl")]
+        text_files = [p for p in heldout if not str(p).endswith(".jsonl")]
+        return Corpus(texts, chats, read_documents(text_files, recipe.doc_separator) if text_files else [],
+                      read_conversations(jsonl) if jsonl else [])
+    texts, heldout_texts = split_documents(texts, recipe.eval_fraction)
+    chats, heldout_chats = split_documents(chats, recipe.eval_fraction)
+    return Corpus(texts, chats, heldout_texts, heldout_chats)
+
+
+def diffusion_datasets(corpus: Corpus, tokenizer, recipe, shift_logits: bool = False):
+    """`(train_set, eval_set, collator)` for the masked-diffusion objective.
+
+    Plain text alone is packed (`PretrainCollator`) or, with `packing=False`, padded per document; chats go through
+    the chat template (`SFTCollator`). Both together are one mixture of SFT-layout rows: a packed text chunk is a row
+    with an empty prompt and no padding, so its loss is the pretraining loss."""
+    seq_length, seed = recipe.seq_length, recipe.seed
+    common = dict(time_sampling=recipe.time_sampling, loss_weighting=recipe.loss_weighting, seed=seed,
+                  shift_logits=shift_logits)
+    layout = pack_documents if recipe.packing else pad_documents
+    rows = lambda texts, chats: (  # noqa: E731
+        (layout(texts, tokenizer, seq_length) if texts else [])
+        + [encode_conversation(tokenizer, chat, seq_length) for chat in chats]
+    )
+    train_set, eval_set = rows(corpus.texts, corpus.chats), rows(corpus.heldout_texts, corpus.heldout_chats)
+    if corpus.chats or not recipe.packing:
+        for row in train_set + eval_set:
+            row.setdefault("prompt_length", 0)
+        collator = SFTCollator(tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id, **common)
+    else:
+        collator = PretrainCollator(tokenizer.mask_token_id, random_length_prob=recipe.random_length_prob, **common)
+    return train_set, eval_set, collator
+
+
+def run_trainer(output_dir, recipe, *, net, tokenizer, train_set, eval_set, collator, checkpoint=None,
+                callbacks=None, disable_tqdm=False, trainer_class=None, results=None):
+    """Train `net` on the stock `transformers.Trainer` (or `trainer_class`), then `finish_run`. Returns the Trainer."""
+    from transformers import Trainer
+
+    args = training_arguments(output_dir, recipe, has_eval=bool(eval_set), disable_tqdm=disable_tqdm)
+    trainer = (trainer_class or Trainer)(
+        model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer
+
+
+def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, save=None, **results) -> dict:
+    """Save the final Hub-native folder (`save(output_dir)`, default `trainer.save_model`), drop the Trainer's pickle,
+    evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
+    mean training loss over every logged step of the run, the resumed part and the part before included."""
+    output_dir = Path(output_dir)
+    (save or (lambda folder: trainer.save_model(str(folder))))(output_dir)
+    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    metrics = {"train_loss": sum(losses) / len(losses) if losses else None, "global_step": trainer.state.global_step}
+    if trainer.eval_dataset is not None:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    record = {"recipe": type(recipe).__name__, **recipe.to_dict(), **results,
+              "parameters": sum(p.numel() for p in trainer.model.parameters()),
+              "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics}
+    (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disable_tqdm: bool = False,
+          callbacks=None, log=None, **fields):
     """Train a masked diffusion LM with `transformers.Trainer` and save it Hub-native in `output_dir`.
 
-    Pretraining reads plain text (`data`: files or folders, documents packed with EOS between them; split by
-    `doc_separator` lines; with `packing=False` each document is one sequence padded with EOS, see
-    `pad_documents`); SFT reads JSONL chats (`sft`). Held-out data is `eval_data`, or else a deterministic
-    `eval_fraction` of the documents; its loss is reported every `eval_steps`. The model is new (from `preset`
-    and/or `config` fields) or loaded from `model`; the tokenizer is `tokenizer` (a folder, Hub id or object),
-    the model's, or one trained here with `train_tokenizer_vocab` tokens. Checkpoints (`checkpoint-N`) and the
-    final folder hold config + safetensors + our code + auto_map, the tokenizer and generation_config.json.
-    A non-empty `output_dir` is refused unless `overwrite` or `resume` (True: the last checkpoint; or a path).
+    `recipe` is a `recipes.TrainRecipe` (default: all defaults); `fields` replace its fields (`train(out,
+    data=[...], max_steps=200)`). Pretraining reads plain text (`data`: files or folders, documents packed with EOS
+    between them, split by `doc_separator` lines; with `packing=False` each document is one sequence padded with
+    EOS, see `pad_documents`); SFT reads JSONL chats (`sft`); both together train on the mixture. Held-out data is
+    `eval_data`, or else a deterministic `eval_fraction` of the documents; its loss is reported every `eval_steps`.
+    The model is new (from `preset` and/or `config` fields) or loaded from `model`; the tokenizer is `tokenizer` (a
+    folder, Hub id or object), the model's, or one trained here with `train_tokenizer_vocab` tokens. Checkpoints
+    (`checkpoint-N`) and the final folder hold config + safetensors + our code + auto_map, the tokenizer and
+    generation_config.json. A non-empty `output_dir` is refused unless `overwrite` or `resume` (True: the last
+    checkpoint; or a path). `log` is accepted for the command line's sake (the Trainer reports progress itself).
     Returns the `Trainer`.
     """
-    from transformers import AutoTokenizer, Trainer
+    from transformers import AutoTokenizer
 
     from .modeling_illada import IlladaForMaskedDiffusion
+    from .recipes import TrainRecipe
 
     started = time.time()
+    recipe = (recipe or TrainRecipe()).replace(**fields) if fields else (recipe or TrainRecipe())
     output_dir = Path(output_dir)
-    checkpoint = _check_output_dir(output_dir, overwrite, resume)
-    if bool(data) == bool(sft):
-        raise ValueError("Pass exactly one of `data` (plain text, pretraining) or `sft` (JSONL chats).")
-    if objective not in OBJECTIVES or (sft and objective != "diffusion"):
-        allowed = ["diffusion"] if sft else sorted(OBJECTIVES)
-        raise ValueError(f"Unknown `objective` {objective!r} for {'SFT' if sft else 'plain text'}; allowed: {allowed}.")
+    checkpoint = check_output_dir(output_dir, overwrite, resume)
+    if recipe.objective not in OBJECTIVES or (recipe.sft and recipe.objective != "diffusion"):
+        allowed = ["diffusion"] if recipe.sft else sorted(OBJECTIVES)
+        raise ValueError(f"Unknown `objective` {recipe.objective!r} for {'SFT' if recipe.sft else 'plain text'}; "
+                         f"allowed: {allowed}.")
+    if recipe.model is not None and (recipe.preset is not None or recipe.config is not None):
+        raise ValueError("`preset` / `config` describe a new model: they cannot be combined with `model` (fine-tuning).")
 
     # 1. Documents and the held-out split
-    documents = read_conversations(sft) if sft else read_documents(data, doc_separator)
-    if eval_data:
-        heldout = read_conversations(eval_data) if sft else read_documents(eval_data, doc_separator)
-        train_docs = documents
-    else:
-        train_docs, heldout = split_documents(documents, eval_fraction)
+    corpus = read_corpus(recipe)
 
     # 2. Tokenizer and model (a resumed run takes both from its checkpoint, whatever else is passed)
-    if model is not None and (preset is not None or config is not None):
-        raise ValueError("`preset` / `config` describe a new model: they cannot be combined with `model` (fine-tuning).")
-    source = checkpoint or model
+    source = checkpoint or recipe.model
+    tokenizer = recipe.tokenizer
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     if checkpoint is not None or (tokenizer is None and source is not None):
         tokenizer = AutoTokenizer.from_pretrained(source)
     elif tokenizer is None:
-        if not train_tokenizer_vocab:
+        if not recipe.train_tokenizer_vocab:
             raise ValueError("No tokenizer: pass `tokenizer` (folder or Hub id), `model`, or `train_tokenizer_vocab`.")
-        texts = [m["content"] for chat in train_docs for m in chat] if sft else train_docs
-        tokenizer = train_tokenizer(texts, train_tokenizer_vocab)
-    check_tokenizer(tokenizer, sft=bool(sft))
+        texts = corpus.texts + [m["content"] for chat in corpus.chats for m in chat]
+        tokenizer = train_tokenizer(texts, recipe.train_tokenizer_vocab)
+    check_tokenizer(tokenizer, sft=bool(recipe.sft))
     if source is not None:
-        net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else _load_model(source)
-        if seq_length > net.config.max_position_embeddings:
-            raise ValueError(
-                f"`seq_length` {seq_length} exceeds the model's context "
-                f"(`max_position_embeddings` = {net.config.max_position_embeddings})."
-            )
-        if net.config.mask_token_id != tokenizer.mask_token_id:
-            raise ValueError(
-                f"The tokenizer's mask token id ({tokenizer.mask_token_id}) differs from the model's "
-                f"`mask_token_id` ({net.config.mask_token_id})."
-            )
+        net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else load_model(source)
+        check_model_fits(net, tokenizer, recipe.seq_length)
     else:
-        cfg, generation = model_config(tokenizer, seq_length, preset, config)
-        torch.manual_seed(seed)
+        config = recipe.config
+        if isinstance(config, str):
+            config = json.loads(config if config.lstrip().startswith("{") else Path(config).read_text())
+        cfg, generation = model_config(tokenizer, recipe.seq_length, recipe.preset, config)
+        torch.manual_seed(recipe.seed)
         net = IlladaForMaskedDiffusion(cfg)
         net.generation_config = generation
+    shift = bool(getattr(net.config, "shift_logits", False))
 
     # 3. Datasets and the forward process
-    if sft:
-        train_set = [encode_conversation(tokenizer, chat, seq_length) for chat in train_docs]
-        eval_set = [encode_conversation(tokenizer, chat, seq_length) for chat in heldout]
-        collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, loss_weighting=loss_weighting,
-                               seed=seed, eos_token_id=tokenizer.eos_token_id)
+    if recipe.objective == "autoregressive":
+        layout = pack_documents if recipe.packing else pad_documents
+        train_set = layout(corpus.texts, tokenizer, recipe.seq_length)
+        eval_set = layout(corpus.heldout_texts, tokenizer, recipe.seq_length) if corpus.heldout_texts else []
+        collator = CausalCollator(shift_logits=shift)
     else:
-        layout = pack_documents if packing else pad_documents
-        train_set = layout(train_docs, tokenizer, seq_length)
-        eval_set = layout(heldout, tokenizer, seq_length) if heldout else []
-        if objective == "autoregressive":
-            collator = CausalCollator()
-        elif packing:
-            collator = PretrainCollator(tokenizer.mask_token_id, time_sampling=time_sampling, seed=seed,
-                                        loss_weighting=loss_weighting, random_length_prob=random_length_prob)
-        else:  # padded documents are SFT rows with an empty prompt
-            collator = SFTCollator(tokenizer.mask_token_id, time_sampling=time_sampling, seed=seed,
-                                   loss_weighting=loss_weighting, eos_token_id=tokenizer.eos_token_id)
+        train_set, eval_set, collator = diffusion_datasets(corpus, tokenizer, recipe, shift)
 
-    # 4. The plain Trainer
-    args = training_arguments(
-        output_dir, has_eval=bool(eval_set), batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, max_steps=max_steps, learning_rate=learning_rate,
-        warmup_steps=warmup_steps, lr_scheduler=lr_scheduler,
-        weight_decay=weight_decay, eval_steps=eval_steps, save_steps=save_steps, save_total_limit=save_total_limit,
-        logging_steps=logging_steps, seed=seed, disable_tqdm=disable_tqdm,
-    )
-    trainer = Trainer(
-        model=net, args=args, data_collator=collator, train_dataset=train_set, eval_dataset=eval_set or None,
-        processing_class=tokenizer, callbacks=callbacks,
-    )
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-
-    # 5. The final Hub-native folder and the recipe
-    trainer.save_model(str(output_dir))
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
-    metrics = {"train_loss": result.training_loss, "global_step": trainer.state.global_step}
-    if eval_set:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
-    recipe = {
-        "objective": "sft" if sft else objective, "data": [str(p) for p in _as_list(data or sft)],
-        "eval_data": [str(p) for p in _as_list(eval_data)], "eval_fraction": eval_fraction,
-        "doc_separator": doc_separator, "packing": packing, "model": str(model) if model else None, "preset": preset,
-        "config": config if not isinstance(config, os.PathLike) else str(config),
-        "train_tokenizer_vocab": train_tokenizer_vocab, "seq_length": seq_length, "batch_size": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps, "max_steps": max_steps,
-        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "lr_scheduler": lr_scheduler,
-        "weight_decay": weight_decay, "time_sampling": time_sampling, "loss_weighting": loss_weighting,
-        "random_length_prob": random_length_prob,
-        "seed": seed, "train_sequences": len(train_set), "eval_sequences": len(eval_set),
-        "train_documents": len(train_docs), "eval_documents": len(heldout),
-        "parameters": sum(p.numel() for p in net.parameters()), "wall_seconds": round(time.time() - started, 1),
-        "resumed_from": checkpoint, **metrics,
-    }
-    (output_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    # 4. The plain Trainer, 5. the final folder and the recipe
+    trainer = run_trainer(output_dir, recipe, net=net, tokenizer=tokenizer, train_set=train_set, eval_set=eval_set,
+                          collator=collator, checkpoint=checkpoint, callbacks=callbacks, disable_tqdm=disable_tqdm)
+    finish_run(trainer, output_dir, recipe, started=started, checkpoint=checkpoint,
+               train_sequences=len(train_set), eval_sequences=len(eval_set),
+               train_documents=corpus.train_documents, eval_documents=corpus.eval_documents)
     return trainer
 
 
-def _as_list(paths):
-    return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or ())
+def check_model_fits(net, tokenizer, seq_length: int) -> None:
+    """Refuse a model whose context is shorter than the sequences, or whose mask token is not the tokenizer's."""
+    if seq_length > net.config.max_position_embeddings:
+        raise ValueError(
+            f"`seq_length` {seq_length} exceeds the model's context "
+            f"(`max_position_embeddings` = {net.config.max_position_embeddings})."
+        )
+    if net.config.mask_token_id != tokenizer.mask_token_id:
+        raise ValueError(
+            f"The tokenizer's mask token id ({tokenizer.mask_token_id}) differs from the model's "
+            f"`mask_token_id` ({net.config.mask_token_id})."
+        )
 
 
-def _load_model(source):
+def load_model(source):
+    """A model of this package from a folder or Hub id, through the Auto classes (so LLaDA's and Dream's layouts
+    map too; the package registered them when it was imported)."""
     from transformers import AutoModel
 
-    from . import IlladaConfig  # noqa: F401  (registers the Auto classes)
-
     return AutoModel.from_pretrained(source)
-

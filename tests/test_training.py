@@ -344,7 +344,7 @@ def test_sft_run_through_the_cli(tmp_path, capsys):
                  "--save-steps", "2", "--warmup-steps", "0"])
     assert code == 0
     recipe = json.loads((tmp_path / "sft" / "illada_train.json").read_text())
-    assert recipe["objective"] == "sft" and recipe["global_step"] == 2
+    assert recipe["recipe"] == "TrainRecipe" and recipe["sft"] == [str(chats)] and recipe["global_step"] == 2
 
 
 def test_unpacked_pretraining_through_the_cli(tmp_path, corpus):
