@@ -1,7 +1,7 @@
 """illada: Hub-native masked diffusion language models (iLLaDA, LLaDA) for transformers.
 
-Importing the package registers the model types `illada` and `llada` with transformers' Auto classes, so
-`AutoModel.from_pretrained(folder)` loads either official layout without remote code, and marks the classes
+Importing the package registers the model types `illada`, `llada` and `Dream` with transformers' Auto classes, so
+`AutoModel.from_pretrained(folder)` loads each official layout without running its remote code, and marks the classes
 for `auto_map` so every `save_pretrained` / `push_to_hub` writes a folder that loads with
 `trust_remote_code=True` where the package is not installed.
 
@@ -11,10 +11,12 @@ conversion, evaluation) are separate modules that no Hub file imports.
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-from .configuration_illada import IlladaConfig, LladaConfig
+from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
+from .generation_dream import DreamGenerationConfig, DreamGenerationOutput
 from .generation_illada import DenoisingStep, IlladaGenerationConfig, IlladaGenerationMixin, IlladaGenerationOutput
 from .likelihood import IlladaLikelihoodMixin, confidence_log_likelihood, elbo, log_likelihood, monte_carlo_log_likelihood
 from .modeling_illada import (
+    DreamForMaskedDiffusion,
     IlladaForMaskedDiffusion,
     IlladaMaskedDiffusionOutput,
     IlladaModel,
@@ -28,7 +30,8 @@ __version__ = "0.1.0"
 
 
 def _register():
-    for config_class, model_class in ((IlladaConfig, IlladaForMaskedDiffusion), (LladaConfig, LladaForMaskedDiffusion)):
+    for config_class, model_class in ((IlladaConfig, IlladaForMaskedDiffusion), (LladaConfig, LladaForMaskedDiffusion),
+                                      (DreamConfig, DreamForMaskedDiffusion)):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, model_class, exist_ok=True)
         AutoModelForMaskedLM.register(config_class, model_class, exist_ok=True)
@@ -42,6 +45,10 @@ _register()
 __all__ = [
     "IlladaConfig",
     "LladaConfig",
+    "DreamConfig",
+    "DreamForMaskedDiffusion",
+    "DreamGenerationConfig",
+    "DreamGenerationOutput",
     "IlladaPreTrainedModel",
     "IlladaModel",
     "IlladaForMaskedDiffusion",

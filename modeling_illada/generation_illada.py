@@ -603,22 +603,6 @@ class IlladaGenerationMixin:
                 done[row] |= any(s in text for s in stop_strings)
         return done
 
-    def diffusion_generate(self, inputs=None, generation_config=None, **kwargs):
-        """Dream's method name and main parameters: `max_new_tokens`, `steps`, `temperature`, `top_p`, `top_k`,
-        `alg` (`origin` -> random order, `maskgit_plus` -> low_confidence, `topk_margin` -> margin, `entropy`),
-        `output_history`, `return_dict_in_generate`. Dream decodes one canvas, so blocks default to one."""
-        alg = kwargs.pop("alg", None)
-        if alg is not None:
-            dream = {"origin": "random", "maskgit_plus": "low_confidence", "topk_margin": "margin", "entropy": "entropy"}
-            if alg not in dream:
-                raise ValueError(f"Unknown Dream `alg` {alg!r}; allowed: {sorted(dream)}.")
-            kwargs["remasking"] = dream[alg]
-        alg_temp = kwargs.pop("alg_temp", None)
-        if alg_temp:
-            raise ValueError("`alg_temp` > 0 (stochastic reveal order) is not supported; use `remasking='random'`.")
-        kwargs.pop("eps", None)  # Dream's schedule end point: the linear schedule here needs none
-        return self.generate(inputs, generation_config=generation_config, **kwargs)
-
     def adjust_generation_fn(
         self,
         generation_config,

@@ -26,8 +26,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_illada import IlladaConfig, LladaConfig
+from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
+from .generation_dream import DreamSamplerMixin
 from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
 from .likelihood import IlladaLikelihoodMixin
 
@@ -301,7 +302,7 @@ class IlladaPreTrainedModel(PreTrainedModel):
         LLaDA's layout), with a complete `auto_map` pointing at the code files saved alongside, so that the folder
         loads with `trust_remote_code=True` where this package is not installed. An `auto_map` inherited from an
         official checkpoint (pointing at its own code) is replaced."""
-        head = "LladaForMaskedDiffusion" if self.config.model_type == LladaConfig.model_type else "IlladaForMaskedDiffusion"
+        head = HEAD_CLASS_NAMES.get(self.config.model_type, "IlladaForMaskedDiffusion")
         self.config.auto_map = {
             "AutoConfig": f"configuration_illada.{type(self.config).__name__}",
             "AutoModel": f"modeling_illada.{head}",
@@ -465,11 +466,12 @@ class IlladaMaskedDiffusionOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, IlladaLikelihoodMixin):
-    """`IlladaModel` plus the LM head predicting x_0 at every position, and diffusion `generate()`.
+class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, IlladaLikelihoodMixin, DreamSamplerMixin):
+    """`IlladaModel` plus the LM head predicting x_0 at every position (or, with `shift_logits`, at the next one),
+    diffusion `generate()` (LLaDA's sampler and this package's accelerations) and `diffusion_generate()` (Dream's).
 
-    This is also what `AutoModel` and `AutoModelForMaskedLM` return for illada/llada configs: the official
-    LLaDA/iLLaDA snippets call `AutoModel.from_pretrained(...)` and read `.logits`.
+    This is also what `AutoModel` and `AutoModelForMaskedLM` return for illada/llada/Dream configs: the official
+    LLaDA/iLLaDA/Dream snippets call `AutoModel.from_pretrained(...)` and read `.logits`.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -566,9 +568,23 @@ class LladaForMaskedDiffusion(IlladaForMaskedDiffusion):
     config: LladaConfig
 
 
+class DreamForMaskedDiffusion(IlladaForMaskedDiffusion):
+    """`IlladaForMaskedDiffusion` under `DreamConfig` (model_type "Dream"): what the Auto classes build for Dream-7B
+    folders. Dream's keys are Qwen2's, which are already ours (`model.layers.N.self_attn.q_proj`, ..., `lm_head`), so
+    nothing is renamed; its untied head and q/k/v biases come from the config, its shifted logits too."""
+
+    config_class = DreamConfig
+    config: DreamConfig
+
+
+# The head class `save_pretrained` names in `auto_map` for each model type.
+HEAD_CLASS_NAMES = {LladaConfig.model_type: "LladaForMaskedDiffusion", DreamConfig.model_type: "DreamForMaskedDiffusion"}
+
+
 __all__ = [
     "IlladaPreTrainedModel",
     "LladaForMaskedDiffusion",
+    "DreamForMaskedDiffusion",
     "IlladaModel",
     "IlladaForMaskedDiffusion",
     "IlladaMaskedDiffusionOutput",

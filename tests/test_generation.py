@@ -331,13 +331,14 @@ def test_transformers_text_diffusion_streamer_works_unchanged():
     assert committed == "the dog sat on a mat\n"
 
 
-def test_diffusion_generate_is_dreams_api():
-    model = tiny_model(tie_word_embeddings=False)
-    prompt = torch.randint(4, 64, (1, 4))
-    dream = model.diffusion_generate(prompt, max_new_tokens=8, steps=8, alg="maskgit_plus", output_history=True,
-                                     return_dict_in_generate=True, eos_early_stop=False)
-    ours = model.generate(prompt, max_new_tokens=8, steps=8, eos_early_stop=False)
-    assert torch.equal(dream.sequences, ours) and len(dream.history) == 8
+def test_diffusion_generate_reads_an_unshifted_model_in_place():
+    """Dream's sampler on a LLaDA-style model: column j takes output j's prediction (Dream's own shift would put
+    output j - 1's there)."""
+    targets = torch.arange(10, 40)  # the denoiser predicts token 10 + j at column j
+    model = FakeDenoiser(targets, torch.full((30,), 5.0))
+    prompt = torch.tensor([[11, 12, 13]])
+    out = model.diffusion_generate(prompt, max_new_tokens=6, steps=3, alg="maskgit_plus")
+    assert out[0, 3:].tolist() == targets[3:9].tolist()
     with pytest.raises(ValueError, match="alg"):
         model.diffusion_generate(prompt, alg="nope")
 

@@ -35,7 +35,9 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         out = model(expected["ids"]).logits
     gen = model.generate(expected["ids"][:1, :4], max_new_tokens=4, steps=4)
+    dream = model.diffusion_generate(expected["ids"][:1, :4], max_new_tokens=4, steps=4, alg="entropy")
     print(json.dumps({
+        "tokens": gen.tolist(), "dream": dream.tolist(), "shift": bool(getattr(config, "shift_logits", False)),
         "diff": (out - expected["logits"]).abs().max().item(),
         "module": type(model).__module__, "cls": type(model).__name__, "config": type(config).__name__,
         "mlm": type(masked_lm).__name__, "gen_config": type(model.generation_config).__name__,
