@@ -43,6 +43,7 @@ SUPPORTED = {
 }
 # GGUF `general.architecture` names transformers reads into those families.
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
 NEW_MASK = "new"
 # Special tokens whose names say they have a role (document or turn boundaries, padding) are never chosen as the mask,
 # even when a tokenizer does not declare the role (a GGUF file may not name its unk token, say).
@@ -314,7 +315,7 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
 
     def save(folder: Path):
         if recipe.save_adapter:
-            save_adapter_folder(trainer.model, tokenizer, folder, pointer)
+            save_adapter_folder(trainer.model, tokenizer, folder, pointer, getattr(torch, recipe.adapter_dtype))
             return
         merged = trainer.model.merge_and_unload() if recipe.lora_r is not None else trainer.model
         merged.save_pretrained(folder)
@@ -328,15 +329,20 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     return trainer
 
 
-def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict) -> None:
-    """Write the adapter folder `adapters.py` loads: config (with `adapter_base`) and code, the peft adapter, the
-    tokenizer and the generation config; no base weights."""
+def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict, dtype=torch.float32) -> None:
+    """Write the adapter folder `adapters.py` loads: config (with `adapter_base`) and code, the peft adapter (its
+    weights in `dtype`), the tokenizer and the generation config; no base weights."""
+    from safetensors.torch import load_file, save_file
     from transformers.dynamic_module_utils import custom_object_save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     net = peft_model.get_base_model()
     peft_model.save_pretrained(str(folder))  # adapter_config.json + adapter_model.safetensors
+    if dtype != torch.float32:
+        weights = folder / "adapter_model.safetensors"
+        save_file({k: v.to(dtype).contiguous() for k, v in load_file(weights).items()}, str(weights),
+                  metadata={"format": "pt"})
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     adapter_config["base_model_name_or_path"] = json.dumps(pointer)  # informative: the config says what loads
     (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")

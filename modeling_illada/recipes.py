@@ -149,6 +149,8 @@ class AdaptRecipe(RunRecipe):
     anneal_steps: int = _option(0, "anneal attention from causal to bidirectional over the first N steps (0: at once)")
     save_adapter: bool = _option(False, "with LoRA: save the adapter and a pointer to its base instead of merged "
                                         "weights (from_pretrained follows the pointer)")
+    adapter_dtype: str = _option("float32", "dtype of the saved adapter weights (bfloat16 halves the folder)",
+                                 choices="ADAPTER_DTYPES")
     # adaptation starts from a trained model: gentler optimisation defaults than training from scratch
     batch_size: int = _option(8, "sequences per batch (per device)")
     max_steps: int = _option(500, "optimiser steps")
@@ -168,6 +170,8 @@ class AdaptRecipe(RunRecipe):
             raise ValueError("`save_adapter` saves a LoRA adapter: set `lora_r` too (full fine-tuning saves weights).")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must lie in [0, 1), got {self.lora_dropout!r}.")
+        if self.adapter_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"`adapter_dtype` must be float32, bfloat16 or float16, got {self.adapter_dtype!r}.")
 
 
 @dataclass
@@ -228,11 +232,15 @@ def _base_type(annotation):
 
 
 def _registry(name: str):
-    """The names of a policy registry (`CACHES` from caching, the rest from training)."""
+    """The names of a policy registry (`CACHES` from caching, `ADAPTER_DTYPES` from adapt, the rest from training)."""
     if name == "CACHES":
         from .caching import CACHES
 
         return sorted(CACHES)
+    if name == "ADAPTER_DTYPES":
+        from .adapt import ADAPTER_DTYPES
+
+        return list(ADAPTER_DTYPES)
     from . import training
 
     return sorted(getattr(training, name))

@@ -89,13 +89,14 @@ def test_adapt_a_folder_with_full_fine_tuning(tmp_path, base, corpus, chats):
     assert out_ids.shape == (1, 11) and not bool((out_ids == 3).any())
 
 
-def test_adapt_a_gguf_file_with_lora_saved_as_an_adapter(tmp_path, corpus):
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_adapt_a_gguf_file_with_lora_saved_as_an_adapter(tmp_path, corpus, dtype, tolerance):
     ar, tokenizer = tiny_causal_lm()
     gguf_path = tmp_path / "tiny.gguf"
     write_gguf(gguf_path, ar, tokenizer)
     out = tmp_path / "adapter"
     trainer = adapt(out, base=str(gguf_path), data=[str(corpus)], doc_separator="%", lora_r=4, save_adapter=True,
-                    **FAST)
+                    adapter_dtype=dtype, **FAST)
     files = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "config.json", "modeling_illada.py",
             "adapters.py", "generation_config.json", "tokenizer.json"} <= files
@@ -107,7 +108,7 @@ def test_adapt_a_gguf_file_with_lora_saved_as_an_adapter(tmp_path, corpus):
     loaded = AutoModel.from_pretrained(out)  # follows the pointer, merges the adapter
     merged = trainer.model.merge_and_unload().eval()
     ids = torch.tensor([[1, 20, 30, 40]])
-    torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, atol=tolerance, rtol=tolerance)
     # the mask token's row trained (a LoRA alone would leave embeddings as the base's)
     assert not torch.equal(loaded.get_input_embeddings().weight[3], ar.get_input_embeddings().weight[3])
     assert torch.equal(loaded.get_input_embeddings().weight[10], ar.get_input_embeddings().weight[10])
