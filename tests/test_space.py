@@ -1,8 +1,8 @@
-"""The Gradio Space (`space/app.py`): event functions called directly, a gradio_client run against the app on
-127.0.0.1, and an end-to-end run in headless Debian chromium driven by Playwright (skipped when chromium is absent).
+"""The Gradio Space (`space/`): event functions called directly, a gradio_client run against the app on 127.0.0.1, and
+runs in headless Debian chromium driven by Playwright (skipped when chromium is absent).
 
-Everything runs on a tiny model + word-level tokenizer saved to a folder by a fixture; the one test of the embedded
-demo model is marked slow and skipped when the demo model is not there.
+Everything runs on a tiny model + word-level tokenizer saved to folders (`space_helpers.save_models`); the one test
+of the embedded demo model is marked slow and skipped when the demo model is not there.
 """
 
 import html
@@ -18,69 +18,28 @@ from pathlib import Path
 import pytest
 import torch
 
+import space_helpers
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WORDS = ("the cat dog bird sat ran flew on under a mat tree roof and then it was very small big happy red blue . , ! ? "
-         "<b> </b> <script> & \" one two three sun moon star sky sea home road went saw slept sang old new green good "
-         "day night cold warm up down in user assistant :").split()
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}assistant : {% endif %}")
+_spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
+space = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(space)  # puts space/ on sys.path: its sibling modules import as `settings`, `engine`, ...
+import render as space_render  # noqa: E402
+import settings as space_settings  # noqa: E402
+
+LIMITS, CONTROLS = space_settings.LIMITS, space_settings.CONTROLS
+TEST_SETTINGS = dict(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0,
+                     threshold=0.0, cfg_scale=0.0, seed=0, pace_ms=0)
 
 
-@pytest.fixture(scope="module")
-def app_module():
-    spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def word_tokenizer(chat: bool):
-    """Special tokens at the tiny config's ids (0 <s>, 1 <pad>, 2 </s>, 3 <mask>), then WORDS: 64 ids in all."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<mask>", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", mask_token="<mask>")
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """Two saved tiny models (same weights): `plain` completes text, `chat` has a chat template."""
-    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)  # peaky logits: varied tokens
-    with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
-        model.get_input_embeddings().weight[model.config.eos_token_id] = 0
-    root = tmp_path_factory.mktemp("space-models")
-    for name in ("plain", "chat"):
-        model.save_pretrained(root / name)
-        word_tokenizer(chat=name == "chat").save_pretrained(root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def app(app_module, folders):
-    return app_module.App(app_module.Engine.load(str(folders / "plain"), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def chat_app(app_module, folders):
-    return app_module.App(app_module.Engine.load(str(folders / "chat"), device="cpu"))
-
-
-def knobs(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0, threshold=0.0,
-          cfg_scale=0.0, seed=0, pace_ms=0):
-    """Event inputs in the order the Space wires them."""
-    return [max_new_tokens, steps, block_length, remasking, temperature, threshold, cfg_scale, seed, pace_ms]
+def knobs(**overrides):
+    """Event inputs in the order the Space wires them (the order of `CONTROLS`)."""
+    values = TEST_SETTINGS | overrides
+    return [values[control.name] for control in CONTROLS]
 
 
 def masks_left(canvas: str) -> int:
@@ -88,6 +47,44 @@ def masks_left(canvas: str) -> int:
 
 
 CHIP = re.compile(r'<span class="(tok[^"]*)"(?: style="[^"]*")? title="([^"]*)">(.*?)</span>')
+
+
+def workers() -> int:
+    return sum(t.name == "illada-generate" for t in threading.enumerate())
+
+
+def wait_for_no_worker(seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while workers() and time.time() < deadline:
+        time.sleep(0.02)
+    return not workers()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return space_helpers.save_models(tmp_path_factory.mktemp("space-models"), tiny_model)
+
+
+@pytest.fixture(scope="module")
+def app(folders):
+    return space.App(space.Engine.load(str(folders / "plain"), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def chat_app(folders):
+    return space.App(space.Engine.load(str(folders / "templated"), device="cpu"))
+
+
+def slowed(model, seconds: float):
+    """The model with every forward taking at least `seconds` (for runs that must outlast a bound)."""
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    model.forward = slow_forward
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- direct calls
@@ -107,8 +104,8 @@ def test_generate_streams_every_step_then_the_final_state(app):
     assert all('class="illada-canvas running"' in frame[0] for frame in frames[:-1])
     canvas, trace, scrubber, text, figures = frames[-1]
     assert text == app.engine.tokenizer.decode(reference.sequences[0, ids.shape[1]:], skip_special_tokens=True)
-    assert trace.frames[-1].tokens == tuple(reference.sequences[0, ids.shape[1]:].tolist())
-    assert trace.steps == passes
+    assert trace.frame().tokens == tuple(reference.sequences[0, ids.shape[1]:].tolist())
+    assert trace.steps == passes and trace.outcome == "done"
     assert f'<span class="value">{passes}</span><span class="name">forward passes</span>' in figures
     assert f"{reference.tokens_per_forward:.2f}" in figures and "tokens / s" in figures
     assert scrubber.interactive is True and scrubber.maximum == passes
@@ -116,10 +113,10 @@ def test_generate_streams_every_step_then_the_final_state(app):
     assert all(frame[3] == {"__type__": "update"} for frame in frames[:-1])
 
 
-def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_module, app):
-    frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8, pace_ms=0)))
+def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
+    frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     trace = frames[-1][1]
-    middle = trace.frames[5]  # after the 5th step: second block, 2 tokens per step
+    middle = trace.frame(5)  # after the 5th step: second block, 2 tokens per step
     chips = CHIP.findall(frames[5][0])
     assert sum("new" in classes.split() for classes, _, _ in chips) == len(middle.new) == 2
     block_chips = [c for c in re.findall(r'<span class="(tok[^"]*)"', frames[5][0].split('class="chips"')[1])
@@ -127,9 +124,9 @@ def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_modul
     assert len(block_chips) == 8  # the current block is marked, and only it
     steps_shown = {int(re.match(r"step (\d+)", title).group(1)) for _, title, _ in chips if title.startswith("step")}
     assert steps_shown == set(range(1, 6))
-    # every revealed token: hue from its step, shade from its low_confidence score (the probability)
-    final = trace.frames[-1]
-    colour = app_module.step_colour
+    # every revealed token: hue from its step, shade from its probability
+    final = trace.frame()
+    colour = space_render.step_colour
     expected = [colour((at - 1) / (trace.planned_steps - 1), score)[0]
                 for at, score in zip(final.revealed_at, final.score)]
     assert re.findall(r'style="background:(#[0-9a-f]{6});', frames[-1][0]) == expected
@@ -172,22 +169,24 @@ def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
     assert rendered.endswith("assistant : ") and ids[0].tolist() == tokenizer(rendered)["input_ids"]
 
 
-def test_when_generate_refuses_mid_stream_the_chat_is_restored(app, chat_app):
-    context = chat_app.engine.model.config.max_position_embeddings
-    history = [{"role": "user", "content": "a " * (context - 40)}, {"role": "assistant", "content": "<b> ok"}]
-    frames = list(chat_app.chat("the cat", history, *knobs(max_new_tokens=64, steps=8, block_length=64)))
+def test_when_generate_refuses_mid_stream_the_chat_is_restored(chat_app, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("`cfg_scale` refused by the model")
+
+    monkeypatch.setattr(chat_app.engine.model, "generate", refuse)
+    history = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "<b> ok"}]
+    frames = list(chat_app.chat("the dog", history, *knobs()))
     chatbot, box, canvas = frames[-1][:3]
-    assert "exceeds the context" in canvas and 'class="illada-canvas notice"' in canvas
+    assert "CFG scale refused" in canvas and 'class="illada-canvas notice"' in canvas
     assert chatbot == [{"role": m["role"], "content": html.escape(m["content"])} for m in history]
-    assert box == "the cat"  # the message is given back, to retry with a shorter length
-    assert "exceeds the context" in list(app.generate("a " * (context - 8), *knobs()))[-1][0]
+    assert box == "the dog"  # the message is given back, to retry
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(max_new_tokens=10_000), "Length must lie between 8 and 256"),
-        (dict(steps=0), "Steps must lie between 1 and 256"),
+        (dict(max_new_tokens=10_000), "Length must lie between 8 and {max_new_tokens}"),
+        (dict(steps=0), "Steps must lie between 1 and {steps}"),
         (dict(temperature=float("nan")), "Temperature must lie between"),
         (dict(seed=2**40), "Seed must lie between"),
         (dict(steps=7.5), "Steps must be a whole number"),
@@ -201,21 +200,21 @@ def test_bad_settings_give_a_clear_message_and_run_nothing(app, overrides, messa
     frames = list(app.generate("the cat", *knobs(**overrides)))
     assert len(frames) == 1
     canvas = frames[0][0]
-    assert 'class="illada-canvas notice"' in canvas and html.escape(message) in canvas
+    bounds = {c.name: f"{c.maximum:g}" for c in app.controls if hasattr(c, "maximum")}
+    assert 'class="illada-canvas notice"' in canvas and html.escape(message.format(**bounds)) in canvas
     assert "<img" not in canvas
     assert all(output == {"__type__": "update"} for output in frames[0][1:])  # trace, slider, text untouched
 
 
-def test_every_user_controlled_size_is_bounded(app_module, app, chat_app):
-    limits = app_module.LIMITS
-    too_long = "the " * (limits["prompt_chars"] // 4 + 1)
+def test_every_user_controlled_size_is_bounded(app, chat_app):
+    too_long = "the " * (LIMITS.prompt_chars // 4 + 1)
     assert "limit is" in next(app.generate(too_long, *knobs()))[0]
-    assert "limit is" in next(app.generate("a " * (limits["prompt_tokens"] + 1), *knobs()))[0]  # under the chars limit
+    assert "limit is" in next(app.generate("a " * (LIMITS.prompt_tokens + 1), *knobs()))[0]  # under the chars limit
     assert "Type some text" in next(app.generate("   ", *knobs()))[0]
     assert "Type some text" in next(app.generate(None, *knobs()))[0]
     assert "Tokens per blank must lie between 1 and" in next(app.infill("a [MASK]", 1000, *knobs()))[0]
-    many = " ".join(["[MASK]"] * (limits["infill_masks"] // limits["blank_tokens"] + 1))
-    assert "the limit is" in next(app.infill(many, limits["blank_tokens"], *knobs()))[0]
+    many = " ".join(["[MASK]"] * (LIMITS.infill_masks // LIMITS.blank_tokens + 1))
+    assert "the limit is" in next(app.infill(many, LIMITS.blank_tokens, *knobs()))[0]
     assert "Mark at least one blank" in next(app.infill("no blanks here", 4, *knobs()))[0]
     huge_history = [{"role": "user", "content": "cat " * 900}, {"role": "assistant", "content": "dog " * 900}] * 10
     assert "too long" in next(chat_app.chat("hi", huge_history, *knobs()))[2]
@@ -231,15 +230,15 @@ def test_infill_fills_the_blanks_in_place(app):
     trace, final_text = frames[-1][1], frames[-1][3]
     assert masks_left(frames[0][0]) == 6 and masks_left(frames[-1][0]) == 0
     assert len(frames) == 4 + 2
-    assert trace.frames[-1].tokens == tuple(reference[0].tolist())
+    assert trace.frame().tokens == tuple(reference[0].tolist())
     kept = ids[0] != engine.mask_token_id
     assert torch.equal(reference[0][kept], ids[0][kept])  # the given words stay where they were
     assert final_text == engine.tokenizer.decode(reference[0], skip_special_tokens=True)
     assert final_text.split()[0] == "the" and final_text.split()[-2:] == ["mat", "."]
 
 
-def test_early_stop_shows_the_eos_filled_tail(app_module, app):
-    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)
+def test_early_stop_shows_the_eos_filled_tail(app):
+    model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, initializer_range=0.6)
     eos, forward = model.config.eos_token_id, model.forward
 
     def forward_preferring_eos(*args, **kwargs):
@@ -248,8 +247,8 @@ def test_early_stop_shows_the_eos_filled_tail(app_module, app):
         return output
 
     model.forward = forward_preferring_eos
-    engine = app_module.Engine(model=model, tokenizer=app.engine.tokenizer, name="eos")
-    frames = list(app_module.App(engine).generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
+    engine = space.Engine(model=model, tokenizer=app.engine.tokenizer, name="eos")
+    frames = list(space.App(engine).generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     assert len(frames) == 1 + 4 + 1  # the first block ends in EOS, so the second block never runs
     final, trace, _, text, _ = frames[-1]
     assert masks_left(frames[-2][0]) == 8 and masks_left(final) == 0 and text == ""
@@ -257,14 +256,15 @@ def test_early_stop_shows_the_eos_filled_tail(app_module, app):
     assert sum(t.startswith("step") for t in titles) == 8 and sum(t.startswith("filled") for t in titles) == 8
 
 
-def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module, app, monkeypatch):
+def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app, monkeypatch):
     config = app.engine.model.generation_config
     for name, value in dict(max_new_tokens=48, steps=24, block_length=16, remasking="margin",
                             variable_length=True).items():
         monkeypatch.setattr(config, name, value)
-    defaults = app_module.Settings.defaults(config, context=128)
-    assert (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking) == (48, 24, 16, "margin")
-    assert app_module.Settings.defaults(config, context=64).max_new_tokens == app_module.KNOB["max_new_tokens"].default
+    defaults = space.Settings.defaults(config, context=128)
+    shown = (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking)
+    assert shown == (48, 24, 16, "margin")
+    assert space.Settings.defaults(config, context=64).max_new_tokens == CONTROLS["max_new_tokens"].default
     # a request's own knobs win, and the canvas keeps its length (no variable-length blocks, infill is one block)
     assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
     frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
@@ -278,12 +278,24 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module
     assert parallel[-1][1].steps < 8 and masks_left(parallel[-1][0]) == 0
 
 
+def test_infill_follows_the_threshold_control_like_the_other_tabs(app, monkeypatch):
+    config = app.engine.model.generation_config  # saved for parallel decoding, as `--fast`'s distilled demo is
+    monkeypatch.setattr(config, "parallel_decoding", True)
+    monkeypatch.setattr(config, "threshold", 0.01)
+    text = "the [MASK] sat on ___ mat ."  # 8 masks
+    scheduled = list(app.infill(text, 4, *knobs(steps=4, threshold=0.0)))[-1]
+    assert scheduled[1].steps == 4 and masks_left(scheduled[0]) == 0  # Threshold 0: the schedule, 2 per step
+    parallel = list(app.infill(text, 4, *knobs(steps=4, threshold=0.01)))[-1]
+    assert masks_left(parallel[0]) == 0 and parallel[1].steps < 4  # Threshold 0.01: many a step
+
+
 def test_slider_scrubs_and_replay_plays_every_kept_step(app):
     frames = list(app.generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     trace, final = frames[-1][1], frames[-1][0]
     scrubbed = [app.scrub(trace, step) for step in range(trace.steps + 1)]
     assert [masks_left(c) for c in scrubbed] == [masks_left(f[0]) for f in frames[:-1]] == list(range(16, -1, -2))
     assert CHIP.findall(scrubbed[-1]) == CHIP.findall(final)
+    assert [CHIP.findall(s) for s in scrubbed[1:-1]] == [CHIP.findall(f[0]) for f in frames[1:-2]]  # same chips
     assert masks_left(app.scrub(trace, 10_000)) == 0  # out-of-range steps are clamped
     replayed = list(app.replay(trace))
     assert [masks_left(c) for c, _ in replayed] == [masks_left(c) for c in scrubbed]
@@ -295,44 +307,50 @@ def test_closing_the_stream_stops_the_worker(app):
     for _ in range(3):
         next(stream)
     stream.close()  # what Gradio does when the browser leaves or Stop is pressed
-    deadline = time.time() + 5
-    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
-        time.sleep(0.02)
-    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+    assert wait_for_no_worker(5)
 
 
-def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app_module, app, chat_app):
-    for space in (app, chat_app):
-        demo = space.build()
+def test_the_sampler_controls_are_wired_in_their_declared_order(chat_app):
+    demo = chat_app.build()
+    labels = [c.label for c in CONTROLS]
+    wired = {fn.api_name: [getattr(b, "label", None) for b in fn.inputs] for fn in demo.fns.values()
+             if fn.concurrency_id == "model"}
+    assert {name: inputs[-len(labels):] for name, inputs in wired.items()} == {name: labels for name in wired}
+    assert chat_app._read(knobs()).values() == knobs()  # read back in the same order
+
+
+def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app, chat_app):
+    for events in (app, chat_app):
+        demo = events.build()
         running = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"}
-        name = "chat" if space is chat_app else "generate"
+        name = "chat" if events is chat_app else "generate"
         assert running == {name: 1, f"{name}_submit": 1, "infill": 1}
-        assert demo._queue.max_size == app_module.QUEUE_SIZE
+        assert demo._queue.max_size == LIMITS.queue_size
 
 
-def test_missing_demo_model_gives_a_clear_message(app_module, monkeypatch, tmp_path):
+def test_missing_demo_model_gives_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", None)  # the module is not there
     with pytest.raises(SystemExit, match="--model"):
-        app_module.default_model()
+        space.default_model()
     fake = types.ModuleType("modeling_illada.demo")
     fake.demo_model_path = lambda fast=False: tmp_path / ("fast" if fast else "")  # the module is there, no weights
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", fake)
     with pytest.raises(SystemExit, match="demo model is missing"):
-        app_module.default_model()
+        space.default_model()
     with pytest.raises(SystemExit, match="fast.*no config.json"):
-        app_module.default_model(fast=True)
+        space.default_model(fast=True)
 
 
 @pytest.mark.slow
-def test_default_demo_model_smoke(app_module):
+def test_default_demo_model_smoke():
     try:
-        path = app_module.default_model()
+        path = space.default_model()
     except SystemExit as missing:
         pytest.skip(f"the embedded demo model is absent: {missing}")
-    demo_app = app_module.App(app_module.Engine.load(path, device="cpu"))
-    prompt = "Hello" if not demo_app.engine.chat else None
-    frames = (list(demo_app.generate(prompt, *knobs(max_new_tokens=16, steps=8, block_length=8))) if prompt else
-              [f[2:] for f in demo_app.chat("Hello", [], *knobs(max_new_tokens=16, steps=8, block_length=8))])
+    demo_app = space.App(space.Engine.load(path, device="cpu"))
+    settings = knobs(max_new_tokens=16, steps=8, block_length=8)
+    frames = (list(demo_app.generate("Hello", *settings)) if not demo_app.engine.chat else
+              [f[2:] for f in demo_app.chat("Hello", [], *settings)])
     assert len(frames) > 3 and masks_left(frames[-1][0]) == 0
 
 
@@ -363,12 +381,13 @@ def test_space_card_and_requirements_match_the_environment():
 
 # ---------------------------------------------------------------------------------------------- a running server
 
-
 @pytest.fixture(scope="module")
-def server(app_module, app):
-    demo = app.build()
-    _, url, _ = app_module.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-    yield url
+def server(folders):
+    """The Space on the tiny model without a chat template (so /generate and /infill), on 127.0.0.1."""
+    events = space.App(space.Engine.load(str(folders / "plain"), device="cpu"))
+    demo = events.build()
+    _, url, _ = space.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield url.rstrip("/")
     demo.close()
 
 
@@ -392,20 +411,27 @@ def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
     deadline = time.time() + 20
     while len(job.outputs()) < 3 and time.time() < deadline:
         time.sleep(0.02)
-    assert any(t.name == "illada-generate" for t in threading.enumerate())
+    assert workers()
     job.cancel()
-    deadline = time.time() + 5
-    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+    assert wait_for_no_worker(5)
+
+
+def _browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    return chromium, pytest.importorskip("playwright.sync_api")
+
+
+def _set(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
 
 
 @pytest.mark.slow
 def test_browser_sees_the_canvas_unmask_step_by_step(server):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api")
+    chromium, playwright = _browser()
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
@@ -413,9 +439,7 @@ def test_browser_sees_the_canvas_unmask_step_by_step(server):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server, wait_until="domcontentloaded")
             page.locator("#prompt textarea").fill("the cat <b> sat on")
-            pace = page.locator("#pace-ms input[type=number]")
-            pace.fill("80")
-            pace.press("Enter")
+            _set(page, "pace-ms", 80)
             # record the mask count of every canvas the page renders
             page.wait_for_selector("#canvas .illada-canvas")
             page.evaluate("""() => {

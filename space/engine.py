@@ -1,0 +1,156 @@
+"""The Space's engine: the loaded model, how text becomes its input, and the worker that runs `model.generate()`.
+
+How it differs from a demo that re-implements the sampler (LLaDA's official one finishes the whole run, then replays
+stored states): the sampler is the package's own `model.generate()`, run in a worker thread; its `on_step` callback
+puts every `DenoisingStep` on a queue that the event's generator drains, so each frame the browser shows is a step
+that has just happened; returning True from it ends `generate()` when the event's generator is closed (Stop, or the
+client left).
+"""
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import modeling_illada  # noqa: F401  (registers the illada / llada model types with the Auto classes)
+from settings import INFILL_MARKER, LIMITS, Limits
+from transformers import AutoModel, AutoTokenizer
+
+
+def default_model(fast: bool = False) -> str:
+    """The embedded demo model's folder (with `fast`, its distilled variant), or a SystemExit that says how to get
+    one."""
+    try:
+        from modeling_illada.demo import demo_model_path
+
+        path = Path(demo_model_path(fast=True) if fast else demo_model_path())
+    except (ImportError, OSError, ValueError) as error:
+        raise SystemExit(f"The embedded demo model is not available: {error} Pass a model folder or Hub id: "
+                         "`python space/app.py --model GSAI-ML/iLLaDA-8B-Instruct` (or set ILLADA_MODEL).") from None
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"The embedded demo model is missing: {path} has no config.json. Reinstall the package "
+                         "(`pip install -e .`) or pass `--model FOLDER_OR_HUB_ID` (or set ILLADA_MODEL).")
+    return str(path)
+
+
+@dataclass
+class Finished:
+    """The end of a run: generate()'s output and the compute time (the pacing pauses taken out)."""
+
+    output: object
+    seconds: float
+
+
+@dataclass
+class Engine:
+    """A loaded model and tokenizer, and how a request becomes `model.generate` calls."""
+
+    model: object
+    tokenizer: object
+    name: str
+    _pieces: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # one generate() at a time, even after a Stop
+
+    @classmethod
+    def load(cls, name: str, device: str | None = None, dtype: str = "auto") -> "Engine":
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModel.from_pretrained(name, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                                          device_map=device)
+        return cls(model=model.eval(), tokenizer=tokenizer, name=name)
+
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def mask_token_id(self) -> int:
+        mask_id = self.model.generation_config.mask_token_id
+        return self.model.config.mask_token_id if mask_id is None else mask_id
+
+    def piece(self, token_id: int) -> str:
+        """The text of one token (cached: a run decodes the same ids at every step)."""
+        if token_id not in self._pieces:
+            self._pieces[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return self._pieces[token_id]
+
+    def special(self, token_id: int) -> bool:
+        if "special" not in self._pieces:
+            self._pieces["special"] = frozenset(self.tokenizer.all_special_ids)
+        return token_id in self._pieces["special"]
+
+    def _checked(self, ids: list[int], limits: Limits = LIMITS) -> torch.Tensor:
+        if len(ids) > limits.prompt_tokens:
+            raise ValueError(f"The input is {len(ids)} tokens; the limit is {limits.prompt_tokens}. "
+                             "Shorten it (or clear the chat).")
+        return torch.tensor([ids], dtype=torch.long)  # (1, P)
+
+    def encode_prompt(self, text: str) -> torch.Tensor:
+        return self._checked(self.tokenizer(text)["input_ids"])
+
+    def encode_chat(self, messages: list[dict]) -> torch.Tensor:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        return self._checked(list(ids))
+
+    def encode_infill(self, text: str, blank_tokens: int, limits: Limits = LIMITS) -> tuple[torch.Tensor, int]:
+        """The text with every `[MASK]` / `___` replaced by `blank_tokens` mask tokens; returns (ids, mask count)."""
+        pieces = INFILL_MARKER.split(text)
+        blanks = len(pieces) - 1
+        if blanks == 0:
+            raise ValueError("Mark at least one blank with [MASK] or ___ (three underscores).")
+        if blanks * blank_tokens > limits.infill_masks:
+            raise ValueError(f"{blanks} blanks x {blank_tokens} tokens = {blanks * blank_tokens} masks; the limit "
+                             f"is {limits.infill_masks}.")
+        starts_with_bos = self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]
+        ids = [self.tokenizer.bos_token_id] if starts_with_bos else []
+        for index, piece in enumerate(pieces):
+            if index < blanks:
+                piece = piece.rstrip()  # the filled tokens bring their own leading space
+            if piece:
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+            if index < blanks:
+                ids += [self.mask_token_id] * blank_tokens
+        return self._checked(ids, limits), blanks * blank_tokens
+
+    def denoise(self, inputs: torch.Tensor, settings, kwargs: dict):
+        """Run `model.generate` in a worker thread; yield each `DenoisingStep` as it happens, then `Finished`.
+
+        The worker's `on_step` puts steps on a queue and pauses `settings.pace_ms`; closing this generator (the
+        browser left, or Stop) makes the next `on_step` return True, which ends generate() early.
+        """
+        events, stop = queue.Queue(), threading.Event()
+        paused = [0.0]
+        generator = torch.Generator(device=self.model.device).manual_seed(settings.seed)
+
+        def on_step(step):
+            if stop.is_set():
+                return True  # generate() stops after this step
+            events.put(step)
+            if settings.pace_ms:
+                time.sleep(settings.pace_ms / 1000)
+                paused[0] += settings.pace_ms / 1000
+
+        def work():
+            try:
+                with self._lock:
+                    start = time.perf_counter()
+                    output = self.model.generate(inputs.to(self.model.device), on_step=on_step, generator=generator,
+                                                 return_dict_in_generate=True, **kwargs)
+                    events.put(Finished(output, time.perf_counter() - start - paused[0]))
+            except BaseException as error:  # handed to the consumer, which re-raises it
+                events.put(error)
+
+        threading.Thread(target=work, daemon=True, name="illada-generate").start()
+        try:
+            while True:
+                item = events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            stop.set()

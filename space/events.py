@@ -1,0 +1,170 @@
+"""The Space's events: what each button, box and slider runs, over one `Engine`.
+
+Each model-running event is a generator: one yield per denoising step (`Engine.denoise`), then the final state.
+How it differs from a plain Gradio handler: nothing a request sends is trusted. The controls are read against
+`settings.CONTROLS`, text against `settings.LIMITS`, and only the last messages of the chat history are read.
+"""
+
+import html
+import time
+from contextlib import closing
+
+import gradio as gr
+
+from engine import Engine, Finished
+from render import Trace, render_canvas, render_figures, render_notice
+from settings import BLANK, CONTROLS, LIMITS, Settings
+
+def _message_text(content) -> str:
+    """Chat message content as Gradio 6 hands it back: a string, a {"type": "text", "text": ...} part, or a list
+    of those (anything else is no text)."""
+    parts = content if isinstance(content, (list, tuple)) else [content]
+    return "".join(p if isinstance(p, str) else str(p.get("text", "")) if isinstance(p, dict) else "" for p in parts)
+
+
+class Events:
+    """The Space's event functions over one `Engine` (`app.App` adds the layout that wires them)."""
+
+    def __init__(self, engine: Engine, limits=LIMITS):
+        self.engine, self.limits = engine, limits
+        self.controls = CONTROLS
+
+    # -- checks shared by the events
+    def _text(self, text, what: str) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Type some text in the {what} box first.")
+        if len(text) > self.limits.prompt_chars:
+            raise ValueError(f"The {what} is {len(text)} characters; the limit is {self.limits.prompt_chars}.")
+        return text
+
+    def _read(self, values) -> Settings:
+        return Settings.read(*values, controls=self.controls)
+
+    def _check(self, kwargs: dict):
+        """Let the package validate the combination (e.g. block length must divide length) before any thread runs."""
+        self.engine.model.generation_config.merged(**kwargs)
+
+    def _history(self, raw) -> list[dict]:
+        """The chat history as messages of plain text (its last `history_messages`; the Chatbot's escaping
+        undone)."""
+        return [{"role": m["role"], "content": html.unescape(_message_text(m.get("content")))}
+                for m in list(raw or [])[-self.limits.history_messages:]
+                if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+
+    def _refusal(self, error, outputs: int):
+        return (render_notice(error, self.controls),) + (gr.skip(),) * (outputs - 1)
+
+    # -- the shared streaming loop
+    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks):
+        """Yield (canvas, trace, scrubber, text, figures) per step, then the final state."""
+        engine = self.engine
+        trace = Trace.begin(inputs[0, start:].tolist() + [engine.mask_token_id] * new_tokens, start,
+                            engine.mask_token_id, kwargs["steps"], not settings.threshold, blocks,
+                            new_tokens // blocks if new_tokens and blocks > 1 else None)
+        began = time.perf_counter()
+        yield render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(), \
+            render_figures(trace, 0.0)
+        with closing(engine.denoise(inputs, settings, kwargs)) as steps:
+            for item in steps:
+                if isinstance(item, Finished):
+                    trace.finish(item.output, item.seconds)
+                    yield (render_canvas(trace, engine), trace, _scrubber(trace, True), self._words(trace),
+                           render_figures(trace))
+                    return
+                trace.add(item)
+                yield (render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(),
+                       render_figures(trace, time.perf_counter() - began))
+
+    def _words(self, trace: Trace) -> str:
+        """The text of the canvas (masks and special tokens left out)."""
+        tokens = [t for t in trace.frame().tokens if t != trace.mask_token_id]
+        return self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _run(self, inputs, settings, kwargs, start, new_tokens, blocks):
+        try:
+            yield from self._stream(inputs, settings, kwargs, start, new_tokens, blocks)
+        except ValueError as error:  # raised by generate() itself
+            yield self._refusal(error, 5)
+
+    # -- events
+    def generate(self, prompt, *values):
+        """Complete a prompt: outputs (canvas, trace, scrubber, text, figures)."""
+        try:
+            settings = self._read(values)
+            kwargs = settings.generate_kwargs()
+            inputs = self.engine.encode_prompt(self._text(prompt, "prompt"))
+            self._check(kwargs)
+        except ValueError as error:
+            yield self._refusal(error, 5)
+            return
+        blocks = settings.max_new_tokens // settings.block_length  # whole: the package checked it divides
+        yield from self._run(inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks)
+
+    def chat(self, message, history, *values):
+        """One chat turn: outputs (chatbot, message box, canvas, trace, scrubber, text, figures)."""
+        try:
+            messages = self._history(history)
+            settings = self._read(values)
+            kwargs = settings.generate_kwargs()
+            message = self._text(message, "message")
+            messages.append({"role": "user", "content": message})
+            self._check(kwargs)
+            if sum(len(m["content"]) for m in messages) > 4 * self.limits.prompt_chars:
+                raise ValueError("The conversation is too long; clear the chat.")
+            inputs = self.engine.encode_chat(messages)
+        except ValueError as error:
+            yield (gr.skip(), gr.skip()) + self._refusal(error, 5)
+            return
+        # The Chatbot renders HTML (sanitised, not escaped), so it is given escaped text; history is unescaped above.
+        shown = [{"role": m["role"], "content": html.escape(m["content"])} for m in messages]
+        blocks = settings.max_new_tokens // settings.block_length
+        try:
+            for canvas, trace, scrubber, text, figures in self._stream(
+                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks
+            ):
+                reply = html.escape(text) if isinstance(text, str) else f"… denoising, step {trace.steps}"
+                yield shown + [{"role": "assistant", "content": reply}], "", canvas, trace, scrubber, text, figures
+        except ValueError as error:  # raised by generate() itself: put the conversation back as it was
+            yield (shown[:-1], message) + self._refusal(error, 5)
+
+    def infill(self, text, blank_tokens, *values):
+        """Fill the marked blanks in place (`max_new_tokens=0`, one block): outputs as `generate`."""
+        try:
+            settings = self._read(values)
+            inputs, masks = self.engine.encode_infill(self._text(text, "infill"), BLANK.read(blank_tokens),
+                                                      self.limits)
+            region = inputs.shape[1] - int((inputs[0] == self.engine.mask_token_id).nonzero()[0])  # first blank on
+            kwargs = settings.generate_kwargs(max_new_tokens=0, steps=min(settings.steps, masks), block_length=region)
+            self._check(kwargs)
+        except ValueError as error:
+            yield self._refusal(error, 5)
+            return
+        yield from self._run(inputs, settings, kwargs, 0, 0, 1)  # the whole text is the canvas
+
+    def scrub(self, trace, step):
+        """Redraw the kept step `step` of the last run (the slider)."""
+        if not isinstance(trace, Trace):  # no run yet
+            return gr.skip()
+        try:
+            index = int(float(step))  # the slider's bounds are enforced by `Trace.frame`
+        except (TypeError, ValueError, OverflowError):
+            return gr.skip()
+        return render_canvas(trace, self.engine, index)
+
+    def replay(self, trace):
+        """Play the kept steps again: outputs (canvas, scrubber)."""
+        if not isinstance(trace, Trace):
+            yield gr.skip(), gr.skip()
+            return
+        for index in range(trace.steps + 1):
+            yield render_canvas(trace, self.engine, index), gr.Slider(value=index)
+            time.sleep(min(0.08, 4.0 / max(trace.steps, 1)))
+
+
+def _scrubber(trace: Trace, done: bool):
+    steps = trace.steps
+    if done:
+        return gr.Slider(minimum=0, maximum=max(steps, 1), value=steps, interactive=True,
+                         info=f"{steps} steps, kept: drag to scrub")
+    return gr.Slider(minimum=0, maximum=max(trace.planned_steps, steps, 1), value=steps, interactive=False,
+                     info="live: the step being shown")
