@@ -7,8 +7,9 @@ it, `settings.py` declares the controls and limits, `engine.py` runs `model.gene
 
 How it differs from LLaDA's official demo (which re-implements the sampler, finishes the whole run, then replays the
 stored states): every frame the browser shows is a step `generate()` has just taken, and after a run a slider
-scrubs through them. A tokenizer with a chat template gets a chat box. The model-running events share one queue
-slot.
+scrubs through them. Chat, completion and infill are tabs; the Space opens on chat only for a model with a
+chat template that was trained on chats (`engine.chat_evidence`), and `--mode` overrides that. The model-running
+events share one queue slot.
 """
 
 import argparse
@@ -35,23 +36,25 @@ class App(Events):
     def build(self) -> gr.Blocks:
         engine, stops = self.engine, []
         with gr.Blocks(title="illada · watch a diffusion LM unmask") as demo:
-            gr.HTML(render_header(engine))
+            gr.HTML(render_header(engine, self.mode))
             trace = gr.State(None)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=340):
-                    with gr.Tabs():
-                        with gr.Tab("Chat" if engine.chat else "Generate", id="generate"):
-                            if engine.chat:
+                    with gr.Tabs(selected=self.mode):
+                        if engine.has_chat_template:
+                            with gr.Tab("Chat", id="chat"):
                                 chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="chatbot",
                                                      render_markdown=False, buttons=["copy"])
-                                prompt = gr.Textbox(label="Message", placeholder="Ask something…", lines=1,
-                                                    max_lines=6, max_length=self.limits.prompt_chars,
-                                                    elem_id="prompt")
-                            else:
-                                prompt = gr.Textbox(label="Prompt", placeholder=PROMPT_EXAMPLES[0], lines=4,
-                                                    max_length=self.limits.prompt_chars, elem_id="prompt")
+                                message = gr.Textbox(label="Message", placeholder="Ask something…", lines=1,
+                                                     max_lines=6, max_length=self.limits.prompt_chars,
+                                                     elem_id="message")
+                                send, stops = _buttons("Send", "send", stops)
+                                gr.Examples(CHAT_EXAMPLES, [message], label="Try")
+                        with gr.Tab("Complete", id="completion"):
+                            prompt = gr.Textbox(label="Prompt", placeholder=PROMPT_EXAMPLES[0], lines=4,
+                                                max_length=self.limits.prompt_chars, elem_id="prompt")
                             run, stops = _buttons("Generate", "generate", stops)
-                            gr.Examples(CHAT_EXAMPLES if engine.chat else PROMPT_EXAMPLES, [prompt], label="Try")
+                            gr.Examples(PROMPT_EXAMPLES, [prompt], label="Try")
                         with gr.Tab("Infill", id="infill"):
                             unused = " and ".join(self.controls[n].label for n in ("max_new_tokens", "block_length"))
                             gr.Markdown(f"Mark blanks with `[MASK]` or `___`; each becomes *{BLANK.label}* masks "
@@ -76,13 +79,15 @@ class App(Events):
                     figures = gr.HTML(render_figures(None), elem_id="figures")
             streams = [canvas, trace, scrubber, text, figures]
             common = dict(concurrency_limit=1, concurrency_id="model", show_progress="hidden")
-            if engine.chat:
-                fn, inputs, outputs, name = self.chat, [prompt, chatbot, *knobs], [chatbot, prompt, *streams], "chat"
-            else:
-                fn, inputs, outputs, name = self.generate, [prompt, *knobs], streams, "generate"
-            events = [run.click(fn, inputs, outputs, api_name=name, **common),
-                      prompt.submit(fn, inputs, outputs, api_name=f"{name}_submit", api_visibility="undocumented",
-                                    **common)]
+            wiring = [(run, prompt, self.generate, [prompt, *knobs], streams, "generate")]
+            if engine.has_chat_template:
+                wiring.append((send, message, self.chat, [message, chatbot, *knobs], [chatbot, message, *streams],
+                               "chat"))
+            events = []
+            for button, box, fn, inputs, outputs, name in wiring:
+                events += [button.click(fn, inputs, outputs, api_name=name, **common),
+                           box.submit(fn, inputs, outputs, api_name=f"{name}_submit", api_visibility="undocumented",
+                                      **common)]
             events.append(fill.click(self.infill, [infill_text, blank, *knobs], streams, api_name="infill", **common))
             for stop in stops:
                 stop.click(None, None, None, cancels=events)
@@ -137,6 +142,8 @@ def main(argv=None):
     parser.add_argument("--fast", action="store_true",
                         help="with no --model: the embedded demo model after certainty-forcing distillation, whose "
                         "saved settings decode several tokens per step (threshold 0.9, dual cache)")
+    parser.add_argument("--mode", choices=["chat", "completion"], default=None,
+                        help="the tab it opens on (default: chat for a model trained on chats, see engine.py)")
     parser.add_argument("--device", default=os.environ.get("ILLADA_DEVICE"),
                         help="cpu, cuda, ... (default: $ILLADA_DEVICE, else cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -144,7 +151,7 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or $GRADIO_SERVER_PORT)")
     args = parser.parse_args(argv)
     engine = Engine.load(args.model or default_model(args.fast), device=args.device, dtype=args.dtype)
-    launch(App(engine).build(), server_name=args.host, server_port=args.port)
+    launch(App(engine, mode=args.mode).build(), server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ that has just happened; returning True from it ends `generate()` when the event'
 client left).
 """
 
+import json
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,10 @@ import torch
 import modeling_illada  # noqa: F401  (registers the illada / llada model types with the Auto classes)
 from settings import INFILL_MARKER, LIMITS, Limits
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import cached_file
+
+CHAT_TAGS = frozenset({"chat", "conversational", "instruct", "sft"})  # model card tags that mean "trained on chats"
+CHAT_NAME = re.compile(r"instruct|chat|sft", re.IGNORECASE)  # e.g. GSAI-ML/iLLaDA-8B-Instruct
 
 
 def default_model(fast: bool = False) -> str:
@@ -36,6 +42,48 @@ def default_model(fast: bool = False) -> str:
     return str(path)
 
 
+def _model_file(name: str, filename: str) -> Path | None:
+    """A file of the model (local folder, or the Hub cache / Hub), or None when it has none."""
+    try:
+        found = cached_file(name, filename, _raise_exceptions_for_missing_entries=False,
+                            _raise_exceptions_for_connection_errors=False)
+    except (OSError, ValueError):
+        return None
+    return Path(found) if found else None
+
+
+def chat_evidence(name: str) -> str | None:
+    """Why the model counts as trained on chats, or None. The Space opens in chat mode only for a model whose
+    tokenizer has a chat template AND that this finds trained on chats, checked in this order:
+
+    1. its training recipe `illada_train.json` (written by `illada train`) says `"objective": "sft"`;
+    2. its model card (README.md) metadata has a tag among `CHAT_TAGS`;
+    3. its name has a word matching `CHAT_NAME` (the Hub convention: `...-Instruct`, `...-Chat`, `...-SFT`).
+
+    A chat template alone says nothing (the demo model has one for the SFT path but saw no chat data)."""
+    recipe = _model_file(name, "illada_train.json")
+    if recipe is not None:
+        try:
+            if json.loads(recipe.read_text()).get("objective") == "sft":
+                return "illada_train.json: objective sft"
+        except (OSError, ValueError, AttributeError):
+            pass
+    card = _model_file(name, "README.md")
+    if card is not None:
+        try:
+            from huggingface_hub import ModelCard
+
+            tags = {str(tag).lower() for tag in (ModelCard.load(card).data.tags or [])}
+        except Exception:  # an unreadable card is no evidence  # noqa: BLE001
+            tags = set()
+        if tags & CHAT_TAGS:
+            return f"model card tag {sorted(tags & CHAT_TAGS)[0]}"
+    shown = Path(name).name if Path(name).is_dir() else name.split("/")[-1]
+    if CHAT_NAME.search(shown):
+        return f"name {shown}"
+    return None
+
+
 @dataclass
 class Finished:
     """The end of a run: generate()'s output and the compute time (the pacing pauses taken out)."""
@@ -51,6 +99,7 @@ class Engine:
     model: object
     tokenizer: object
     name: str
+    chat_trained: str | None = None  # `chat_evidence(name)`
     _pieces: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # one generate() at a time, even after a Stop
 
@@ -60,11 +109,16 @@ class Engine:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModel.from_pretrained(name, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
                                           device_map=device)
-        return cls(model=model.eval(), tokenizer=tokenizer, name=name)
+        return cls(model=model.eval(), tokenizer=tokenizer, name=name, chat_trained=chat_evidence(name))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
 
     @property
     def chat(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        """Whether the Space opens in chat mode (see `chat_evidence`)."""
+        return self.has_chat_template and self.chat_trained is not None
 
     @property
     def mask_token_id(self) -> int:

@@ -25,9 +25,13 @@ def _message_text(content) -> str:
 class Events:
     """The Space's event functions over one `Engine` (`app.App` adds the layout that wires them)."""
 
-    def __init__(self, engine: Engine, limits=LIMITS):
+    def __init__(self, engine: Engine, limits=LIMITS, mode: str | None = None):
         self.engine, self.limits = engine, limits
         self.controls = CONTROLS
+        self.mode = mode or ("chat" if engine.chat else "completion")
+        if self.mode not in ("chat", "completion") or (self.mode == "chat" and not engine.has_chat_template):
+            raise ValueError(f"mode must be 'completion', or 'chat' for a tokenizer with a chat template; got "
+                             f"{self.mode!r}.")
 
     # -- checks shared by the events
     def _text(self, text, what: str) -> str:
@@ -103,6 +107,8 @@ class Events:
     def chat(self, message, history, *values):
         """One chat turn: outputs (chatbot, message box, canvas, trace, scrubber, text, figures)."""
         try:
+            if not self.engine.has_chat_template:
+                raise ValueError("This model's tokenizer has no chat template: use the Complete tab.")
             messages = self._history(history)
             settings = self._read(values)
             kwargs = settings.generate_kwargs()

@@ -195,9 +195,8 @@ def display_name(name: str) -> str:
     return Path(name).name if Path(name).is_dir() else name
 
 
-def render_header(engine) -> str:
+def render_header(engine, mode: str) -> str:
     params = sum(p.numel() for p in engine.model.parameters())
-    mode = "chat" if engine.chat else "completion"
     size = next(f"{params / scale:.1f}{unit}" for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1, ""))
                 if params >= scale or unit == "")
     return (f'<div class="illada-header"><div><h1>illada <span>· watch a diffusion language model unmask</span></h1>'
@@ -206,5 +205,5 @@ def render_header(engine) -> str:
             " them and shaded by the model's confidence.</p></div><div class=\"badges\">"
             f'<span class="badge">{html.escape(display_name(engine.name))}</span>'
             f'<span class="badge">{size} parameters</span>'
-            f'<span class="badge">{html.escape(str(engine.model.device))} · {mode}</span>'
+            f'<span class="badge">{html.escape(str(engine.model.device))} · {html.escape(mode)} model</span>'
             "</div></div>")

@@ -1,6 +1,7 @@
 """Helpers for the Space's tests (tests/test_space.py): a tiny model with a word-level tokenizer, saved to folders
-(plain, and with a chat template)."""
+(plain, with a chat template, and "trained on chats")."""
 
+import json
 from pathlib import Path
 
 import torch
@@ -28,12 +29,13 @@ def word_tokenizer(chat: bool):
 
 
 def save_models(root: Path, tiny_model) -> Path:
-    """Two saved tiny models (same weights) under `root`: `plain` completes text, `templated` has a chat
-    template."""
+    """Three saved tiny models (same weights) under `root`: `plain` completes text, `templated` has a chat template
+    (and no chat training), `trained` has both (its `illada_train.json` says `"objective": "sft"`)."""
     model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)  # peaky logits: varied tokens
     with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
         model.get_input_embeddings().weight[model.config.eos_token_id] = 0
-    for name in ("plain", "templated"):
+    for name in ("plain", "templated", "trained"):
         model.save_pretrained(root / name)
         word_tokenizer(chat=name != "plain").save_pretrained(root / name)
+    (root / "trained" / "illada_train.json").write_text(json.dumps({"objective": "sft"}))
     return root

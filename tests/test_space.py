@@ -28,6 +28,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 _spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
 space = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(space)  # puts space/ on sys.path: its sibling modules import as `settings`, `engine`, ...
+import engine as space_engine  # noqa: E402
 import render as space_render  # noqa: E402
 import settings as space_settings  # noqa: E402
 
@@ -310,6 +311,27 @@ def test_closing_the_stream_stops_the_worker(app):
     assert wait_for_no_worker(5)
 
 
+def test_the_mode_follows_what_the_model_was_trained_on(folders, tmp_path):
+    evidence = space_engine.chat_evidence
+    assert evidence(str(folders / "plain")) is None and evidence(str(folders / "templated")) is None
+    assert "objective sft" in evidence(str(folders / "trained"))
+    shutil.copytree(folders / "templated", tmp_path / "tiny-Instruct")
+    assert "name" in evidence(str(tmp_path / "tiny-Instruct"))
+    shutil.copytree(folders / "templated", tmp_path / "carded")
+    (tmp_path / "carded" / "README.md").write_text("---\ntags: [illada, chat]\n---\n# a chat model\n")
+    assert "tag chat" in evidence(str(tmp_path / "carded"))
+    for name, mode, tabs in (("plain", "completion", ["completion", "infill"]),
+                             ("templated", "completion", ["chat", "completion", "infill"]),
+                             ("trained", "chat", ["chat", "completion", "infill"])):
+        events = space.App(space.Engine.load(str(folders / name), device="cpu"))
+        demo = events.build()
+        tabs_block = next(b for b in demo.blocks.values() if type(b).__name__ == "Tabs")
+        assert events.mode == mode and tabs_block.selected == mode, name
+        assert [b.id for b in demo.blocks.values() if type(b).__name__ == "Tab"] == tabs, name
+    with pytest.raises(ValueError, match="mode must be"):
+        space.App(space.Engine.load(str(folders / "plain"), device="cpu"), mode="chat")
+
+
 def test_the_sampler_controls_are_wired_in_their_declared_order(chat_app):
     demo = chat_app.build()
     labels = [c.label for c in CONTROLS]
@@ -323,8 +345,8 @@ def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app, chat_ap
     for events in (app, chat_app):
         demo = events.build()
         running = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"}
-        name = "chat" if events is chat_app else "generate"
-        assert running == {name: 1, f"{name}_submit": 1, "infill": 1}
+        names = ["generate"] + (["chat"] if events is chat_app else [])
+        assert running == {**{n: 1 for n in names}, **{f"{n}_submit": 1 for n in names}, "infill": 1}
         assert demo._queue.max_size == LIMITS.queue_size
 
 
@@ -349,7 +371,7 @@ def test_default_demo_model_smoke():
         pytest.skip(f"the embedded demo model is absent: {missing}")
     demo_app = space.App(space.Engine.load(path, device="cpu"))
     settings = knobs(max_new_tokens=16, steps=8, block_length=8)
-    frames = (list(demo_app.generate("Hello", *settings)) if not demo_app.engine.chat else
+    frames = (list(demo_app.generate("Hello", *settings)) if demo_app.mode == "completion" else
               [f[2:] for f in demo_app.chat("Hello", [], *settings)])
     assert len(frames) > 3 and masks_left(frames[-1][0]) == 0
 
@@ -383,8 +405,8 @@ def test_space_card_and_requirements_match_the_environment():
 
 @pytest.fixture(scope="module")
 def server(folders):
-    """The Space on the tiny model without a chat template (so /generate and /infill), on 127.0.0.1."""
-    events = space.App(space.Engine.load(str(folders / "plain"), device="cpu"))
+    """The Space on the tiny model with a chat template (so /generate, /chat and /infill), on 127.0.0.1."""
+    events = space.App(space.Engine.load(str(folders / "templated"), device="cpu"))
     demo = events.build()
     _, url, _ = space.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield url.rstrip("/")
@@ -396,7 +418,7 @@ def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
 
     client = Client(server, verbose=False)
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/infill", "/scrub", "/replay"} <= set(endpoints)
+    assert {"/generate", "/chat", "/infill", "/scrub", "/replay"} <= set(endpoints)
     job = client.submit("the cat sat", *knobs(max_new_tokens=32, steps=16, block_length=16, pace_ms=10),
                         api_name="/generate")
     updates = list(job)
