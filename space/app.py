@@ -6,8 +6,8 @@ it, `settings.py` declares the controls and limits, `engine.py` runs `model.gene
 `events.py` holds what each control runs and `render.py` draws the canvas.
 
 How it differs from LLaDA's official demo (which re-implements the sampler, finishes the whole run, then replays the
-stored states): every frame the browser shows is a step `generate()` has just taken, and after a run a slider
-scrubs through them. Chat, completion and infill are tabs; the Space opens on chat only for a model with a
+stored states): every frame the browser shows is a step `generate()` has just taken, and after a run (or a Stop)
+a slider scrubs through them. Chat, completion and infill are tabs; the Space opens on chat only for a model with a
 chat template that was trained on chats (`engine.chat_evidence`), and `--mode` overrides that. The model-running
 events share one queue slot.
 """
@@ -89,8 +89,11 @@ class App(Events):
                            box.submit(fn, inputs, outputs, api_name=f"{name}_submit", api_visibility="undocumented",
                                       **common)]
             events.append(fill.click(self.infill, [infill_text, blank, *knobs], streams, api_name="infill", **common))
-            for stop in stops:
+            stopped = [canvas, scrubber, text, figures] + ([chatbot, message] if engine.has_chat_template else [])
+            for stop in stops:  # first cancel the run (the page runs a click's listeners in order), then redraw
                 stop.click(None, None, None, cancels=events)
+                stop.click(self.stopped, [trace], stopped, api_visibility="private", concurrency_limit=4,
+                           concurrency_id="stop", show_progress="hidden")
             scrubber.input(self.scrub, [trace, scrubber], canvas, api_name="scrub", show_progress="hidden",
                            concurrency_limit=8, trigger_mode="always_last")
             play.click(self.replay, [trace], [canvas, scrubber], api_name="replay", show_progress="hidden",

@@ -2,7 +2,9 @@
 
 Each model-running event is a generator: one yield per denoising step (`Engine.denoise`), then the final state.
 How it differs from a plain Gradio handler: nothing a request sends is trusted. The controls are read against
-`settings.CONTROLS`, text against `settings.LIMITS`, and only the last messages of the chat history are read.
+`settings.CONTROLS` bounded by the model, text against `settings.LIMITS`, only the last messages of the chat
+history are read, and a reply still being denoised never joins the history (Stop puts the conversation back as it
+was).
 """
 
 import html
@@ -14,6 +16,9 @@ import gradio as gr
 from engine import Engine, Finished
 from render import Trace, render_canvas, render_figures, render_notice
 from settings import BLANK, CONTROLS, LIMITS, Settings
+
+PENDING = "pending"  # the `metadata.status` of the chat bubble shown while a reply is denoised
+
 
 def _message_text(content) -> str:
     """Chat message content as Gradio 6 hands it back: a string, a {"type": "text", "text": ...} part, or a list
@@ -49,35 +54,53 @@ class Events:
         self.engine.model.generation_config.merged(**kwargs)
 
     def _history(self, raw) -> list[dict]:
-        """The chat history as messages of plain text (its last `history_messages`; the Chatbot's escaping
-        undone)."""
-        return [{"role": m["role"], "content": html.unescape(_message_text(m.get("content")))}
-                for m in list(raw or [])[-self.limits.history_messages:]
-                if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+        """The chat history as messages of plain text: only the last `history_messages` are looked at, bubbles of a
+        reply still being denoised are dropped, and the Chatbot's escaping is undone."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            raise ValueError("The chat history must be a list of messages.")
+        messages = []
+        for m in raw[-self.limits.history_messages:]:
+            if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
+                continue
+            if isinstance(m.get("metadata"), dict) and m["metadata"].get("status") == PENDING:
+                continue
+            text = html.unescape(_message_text(m.get("content")))
+            if len(text) > self.limits.prompt_chars:
+                raise ValueError(f"A message in the chat is {len(text)} characters; the limit is "
+                                 f"{self.limits.prompt_chars}. Clear the chat.")
+            messages.append({"role": m["role"], "content": text})
+        return messages
 
     def _refusal(self, error, outputs: int):
         return (render_notice(error, self.controls),) + (gr.skip(),) * (outputs - 1)
 
     # -- the shared streaming loop
-    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks):
+    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks, restore=None):
         """Yield (canvas, trace, scrubber, text, figures) per step, then the final state."""
         engine = self.engine
         trace = Trace.begin(inputs[0, start:].tolist() + [engine.mask_token_id] * new_tokens, start,
                             engine.mask_token_id, kwargs["steps"], not settings.threshold, blocks,
                             new_tokens // blocks if new_tokens and blocks > 1 else None)
+        trace.restore, trace.live = restore, True
         began = time.perf_counter()
-        yield render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(), \
-            render_figures(trace, 0.0)
-        with closing(engine.denoise(inputs, settings, kwargs)) as steps:
-            for item in steps:
-                if isinstance(item, Finished):
-                    trace.finish(item.output, item.seconds)
-                    yield (render_canvas(trace, engine), trace, _scrubber(trace, True), self._words(trace),
-                           render_figures(trace))
-                    return
-                trace.add(item)
-                yield (render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(),
-                       render_figures(trace, time.perf_counter() - began))
+        try:
+            yield render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(), \
+                render_figures(trace, 0.0)
+            with closing(engine.denoise(inputs, settings, kwargs)) as steps:
+                for item in steps:
+                    if isinstance(item, Finished):
+                        trace.finish(item.output, item.seconds)
+                        yield (render_canvas(trace, engine), trace, _scrubber(trace, True), self._words(trace),
+                               render_figures(trace))
+                        return
+                    trace.add(item)
+                    yield (render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(),
+                           render_figures(trace, time.perf_counter() - began))
+        finally:
+            trace.outcome = trace.outcome or "stopped"  # closed early: Stop, or the client left
+            trace.elapsed, trace.live = time.perf_counter() - began, False
 
     def _words(self, trace: Trace) -> str:
         """The text of the canvas (masks and special tokens left out)."""
@@ -123,13 +146,16 @@ class Events:
             return
         # The Chatbot renders HTML (sanitised, not escaped), so it is given escaped text; history is unescaped above.
         shown = [{"role": m["role"], "content": html.escape(m["content"])} for m in messages]
+        restore = {"history": shown[:-1], "message": message}
         blocks = settings.max_new_tokens // settings.block_length
         try:
             for canvas, trace, scrubber, text, figures in self._stream(
-                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks
+                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, restore
             ):
-                reply = html.escape(text) if isinstance(text, str) else f"… denoising, step {trace.steps}"
-                yield shown + [{"role": "assistant", "content": reply}], "", canvas, trace, scrubber, text, figures
+                reply = ({"role": "assistant", "content": html.escape(text)} if isinstance(text, str) else
+                         {"role": "assistant", "content": f"… denoising, step {trace.steps}",
+                          "metadata": {"status": PENDING}})
+                yield shown + [reply], "", canvas, trace, scrubber, text, figures
         except ValueError as error:  # raised by generate() itself: put the conversation back as it was
             yield (shown[:-1], message) + self._refusal(error, 5)
 
@@ -146,6 +172,25 @@ class Events:
             yield self._refusal(error, 5)
             return
         yield from self._run(inputs, settings, kwargs, 0, 0, 1)  # the whole text is the canvas
+
+    def stopped(self, trace):
+        """After Stop cancelled a run: wait for it to end, then show it stopped, scrubbable, and (chat) put the
+        conversation back as it was before the turn. Outputs (canvas, scrubber, text, figures[, chatbot, box])."""
+        chat = self.engine.has_chat_template
+        skip = (gr.skip(),) * (6 if chat else 4)
+        if not isinstance(trace, Trace):
+            return skip
+        deadline = time.monotonic() + self.limits.stop_wait_seconds
+        while trace.live and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if trace.live or trace.outcome != "stopped" or trace.restore == {}:  # it ended itself, or was redrawn
+            return skip
+        restore, trace.restore = trace.restore, {}  # a later Stop (of a run still queued) leaves this one be
+        shown = (render_canvas(trace, self.engine), _scrubber(trace, True), self._words(trace),
+                 render_figures(trace, trace.elapsed))
+        if not chat:
+            return shown
+        return shown + ((restore["history"], restore["message"]) if restore else skip[:2])
 
     def scrub(self, trace, step):
         """Redraw the kept step `step` of the last run (the slider)."""

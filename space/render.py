@@ -43,7 +43,10 @@ class Trace:
     spans: list[tuple[int, int, int]] = field(default_factory=list)  # per step: (block, start, end), region-relative
     final: tuple[int, ...] | None = None  # the canvas after the run, when it differs (EOS filled after an end)
     figures: dict | None = None
-    outcome: str | None = None  # None while it runs; then "done"
+    outcome: str | None = None  # None while it runs; then "done" or "stopped"
+    live: bool = False  # its event is still streaming
+    elapsed: float = 0.0  # seconds its event streamed (set when it ends)
+    restore: dict | None = None  # what Stop puts back (the chat before this turn), once
 
     @classmethod
     def begin(cls, initial: list[int], start: int, mask_token_id: int, planned_steps: int, exact_plan: bool,
@@ -118,6 +121,9 @@ def _label(text: str) -> str:
     return shown.replace("\n", "↵")
 
 
+STOPPED = {"stopped": ""}  # outcome: why it stopped
+
+
 def render_canvas(trace: Trace, engine, index: int | None = None, running: bool = False) -> str:
     """The HTML of one frame: a chip per position. All token text goes through `html.escape`."""
     frame = trace.frame(index)
@@ -145,12 +151,16 @@ def render_canvas(trace: Trace, engine, index: int | None = None, running: bool 
                      f"{html.escape(_label(text))}</span>")
         if "\n" in text:
             chips.append('<span class="nl"></span>')
+    last = frame.step == trace.steps
+    stopped = last and not running and trace.outcome in STOPPED
     total = trace.steps if trace.outcome else trace.planned_steps if trace.exact_plan else None
     status = (f"step {frame.step}" + (f" / {total}" if total else "")) if frame.step else "all masked"
+    if stopped:
+        status = f"stopped at step {frame.step}{STOPPED[trace.outcome]}"
     if trace.blocks > 1 and frame.step:
         status += f" · block {frame.block + 1} / {trace.blocks}"
     status += f" · {masked} mask{'s' * (masked != 1)} left"
-    state = "running" if running else "done" if masked == 0 else "paused"
+    state = "running" if running else "stopped" if stopped else "done" if masked == 0 else "paused"
     return (f'<div class="illada-canvas {state}" data-step="{frame.step}" data-masks="{masked}">'
             f'<div class="canvas-head"><span class="canvas-status">{status}</span>{LEGEND}</div>'
             f'<div class="chips">{"".join(chips)}</div></div>')
@@ -180,6 +190,8 @@ def render_figures(trace: Trace | None, elapsed: float | None = None) -> str:
         return '<div class="figures"></div>'
     if trace.figures is None:
         cards = [("step", f"{trace.steps}"), ("elapsed", f"{elapsed or 0:.1f} s")]
+        if trace.outcome in STOPPED:
+            cards.append(("run", "stopped"))
     else:
         f = trace.figures
         cards = [("forward passes", f"{f['forward_passes']}"), ("tokens / forward", f"{f['tokens_per_forward']:.2f}"),

@@ -100,6 +100,7 @@ class Limits:
     blank_tokens: int = 32  # mask tokens per blank in infill mode
     infill_masks: int = 256  # mask tokens over all blanks
     queue_size: int = 16  # requests waiting for the model slot; more are refused ("queue full")
+    stop_wait_seconds: float = 5.0  # how long Stop waits for the cancelled run to end before it redraws
 
 
 LIMITS = Limits()

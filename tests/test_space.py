@@ -217,8 +217,14 @@ def test_every_user_controlled_size_is_bounded(app, chat_app):
     many = " ".join(["[MASK]"] * (LIMITS.infill_masks // LIMITS.blank_tokens + 1))
     assert "the limit is" in next(app.infill(many, LIMITS.blank_tokens, *knobs()))[0]
     assert "Mark at least one blank" in next(app.infill("no blanks here", 4, *knobs()))[0]
+    huge = [{"role": "user", "content": "cat " * (LIMITS.prompt_chars // 4 + 1)}]
+    assert "A message in the chat is" in next(chat_app.chat("hi", huge, *knobs()))[2]
     huge_history = [{"role": "user", "content": "cat " * 900}, {"role": "assistant", "content": "dog " * 900}] * 10
     assert "too long" in next(chat_app.chat("hi", huge_history, *knobs()))[2]
+    # only the last `history_messages` are read: an older oversized message is never looked at
+    old = huge + [{"role": "user", "content": "the cat"}] * LIMITS.history_messages
+    assert next(chat_app.chat("hi", old, *knobs()))[0][0]["content"] == "the cat"
+    assert "must be a list" in next(chat_app.chat("hi", "<b>", *knobs()))[2]
 
 
 def test_infill_fills_the_blanks_in_place(app):
@@ -308,6 +314,31 @@ def test_closing_the_stream_stops_the_worker(app):
     for _ in range(3):
         next(stream)
     stream.close()  # what Gradio does when the browser leaves or Stop is pressed
+    assert wait_for_no_worker(5)
+
+
+def test_stop_shows_the_stopped_run_and_puts_the_chat_back(chat_app):
+    history = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "a dog"},
+               {"role": "assistant", "content": "… denoising, step 3", "metadata": {"status": "pending"}}]
+    stream = chat_app.chat("the bird", history, *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=20))
+    frames = [next(stream) for _ in range(5)]
+    chatbot, trace = frames[-1][0], frames[-1][3]
+    assert chatbot[-1]["metadata"] == {"status": "pending"} and "denoising" in chatbot[-1]["content"]
+    sent = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "a dog"},
+            {"role": "user", "content": "the bird"}]  # the pending bubble of the history never reaches the model
+    assert trace.start == len(chat_app.engine.encode_chat(sent)[0])
+    stream.close()  # Stop cancels the event
+    canvas, scrubber, text, figures, chatbot, box = chat_app.stopped(trace)
+    assert 'class="illada-canvas stopped"' in canvas and "stopped at step 4" in canvas
+    assert 0 < masks_left(canvas) < 64 and "stopped" in figures
+    assert scrubber.interactive is True and scrubber.maximum == trace.steps == 4
+    assert text and text == chat_app.engine.tokenizer.decode(
+        [t for t in trace.frame().tokens if t != trace.mask_token_id], skip_special_tokens=True)
+    assert chatbot == [{"role": m["role"], "content": m["content"]} for m in sent[:2]] and box == "the bird"
+    assert masks_left(chat_app.scrub(trace, 2)) == 64 - 2  # the partial run scrubs
+    assert chat_app.stopped(trace) == (({"__type__": "update"},) * 6)  # redrawn once: a later Stop leaves it be
+    done = list(chat_app.generate("the cat", *knobs()))[-1][1]
+    assert chat_app.stopped(done) == (({"__type__": "update"},) * 6)  # a finished run is left as it is
     assert wait_for_no_worker(5)
 
 
@@ -486,5 +517,42 @@ def test_browser_sees_the_canvas_unmask_step_by_step(server):
             assert page.locator("#canvas .chips .tok:not(.mask)").count() > 0
             page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
             page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_browser_stop_leaves_the_run_scrubbable_and_the_chat_as_it_was(server):
+    """Stop leaves the page stopped and scrubbable, with the chat as it was before the turn."""
+    chromium, playwright = _browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Chat").click()
+            for elem_id, value in dict(max_new_tokens=16, steps=8, block_length=16, pace_ms=0).items():
+                _set(page, elem_id.replace("_", "-"), value)
+            for turn in ("the cat sat on the mat", "the dog ran"):
+                page.locator("#message textarea").fill(turn)
+                page.get_by_role("button", name="Send", exact=True).click()
+                page.wait_for_function("() => !document.querySelector('#message textarea').value && "
+                                       "document.querySelector('#canvas .illada-canvas.done')", timeout=30_000)
+            rows = page.locator("#chatbot .message-row").count()
+            _set(page, "pace-ms", 150)
+            page.locator("#message textarea").fill("the bird")
+            page.get_by_role("button", name="Send", exact=True).click()
+            page.wait_for_function("() => { const n = document.querySelector('#canvas .illada-canvas.running'); "
+                                   "return n && +n.dataset.step >= 2; }", timeout=30_000)
+            assert page.locator("#chatbot").inner_text().count("denoising") == 1
+            page.locator("#stop-send").click()
+            page.wait_for_selector("#canvas .illada-canvas.stopped", timeout=15_000)
+            page.wait_for_function(f"() => document.querySelectorAll('#chatbot .message-row').length == {rows}")
+            assert "denoising" not in page.locator("#chatbot").inner_text()
+            assert page.locator("#message textarea").input_value() == "the bird"  # to send again
+            assert page.locator("#final-text textarea").input_value()  # the partial text
+            assert page.locator("#scrubber input[type=range]").is_enabled()
+            page.screenshot(path=str(ARTIFACTS / "space-stopped.png"), full_page=True)
         finally:
             browser.close()
