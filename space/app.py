@@ -66,9 +66,8 @@ class App(Events):
                             fill, stops = _buttons("Fill the blanks", "fill", stops)
                             gr.Examples(INFILL_EXAMPLES, [infill_text], label="Try")
                     with gr.Accordion("Sampler", open=True, elem_id="sampler"):
-                        defaults = Settings.defaults(engine.model.generation_config,
-                                                     engine.model.config.max_position_embeddings, self.controls)
-                        knobs = _controls(self.controls, defaults)
+                        knobs = _controls(self.controls, Settings.defaults(engine.model.generation_config,
+                                                                           self.controls))
                 with gr.Column(scale=7, min_width=420):
                     canvas = gr.HTML(empty_canvas(), elem_id="canvas", min_height=220)
                     with gr.Row(equal_height=False, elem_classes="scrub-row"):

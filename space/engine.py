@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 import modeling_illada  # noqa: F401  (registers the illada / llada model types with the Auto classes)
-from settings import INFILL_MARKER, LIMITS, Limits
+from settings import CONTROLS, INFILL_MARKER, LIMITS, Limits
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import cached_file
 
 CHAT_TAGS = frozenset({"chat", "conversational", "instruct", "sft"})  # model card tags that mean "trained on chats"
+LENGTH = CONTROLS["max_new_tokens"].label
 CHAT_NAME = re.compile(r"instruct|chat|sft", re.IGNORECASE)  # e.g. GSAI-ML/iLLaDA-8B-Instruct
 
 
@@ -121,9 +122,17 @@ class Engine:
         return self.has_chat_template and self.chat_trained is not None
 
     @property
+    def context(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    @property
     def mask_token_id(self) -> int:
         mask_id = self.model.generation_config.mask_token_id
         return self.model.config.mask_token_id if mask_id is None else mask_id
+
+    def min_prompt_tokens(self) -> int:
+        """Tokens of the shortest prompt (one character): what a full-length canvas must leave room for."""
+        return len(self.tokenizer("x")["input_ids"])
 
     def piece(self, token_id: int) -> str:
         """The text of one token (cached: a run decodes the same ids at every step)."""
@@ -148,6 +157,27 @@ class Engine:
     def encode_chat(self, messages: list[dict]) -> torch.Tensor:
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
         return self._checked(list(ids))
+
+    def fit_chat(self, messages: list[dict], new_tokens: int) -> tuple[torch.Tensor, int]:
+        """The chat's ids with the oldest turns dropped until the prompt plus `new_tokens` fits the context;
+        returns (ids, messages dropped). A turn is dropped whole: what is kept starts at a user message."""
+        room = self.context - new_tokens
+        starts = [i for i, m in enumerate(messages) if m["role"] == "user"]  # where a kept history may begin
+        low, high = 0, len(starts) - 1  # binary search for the first start that fits (fewer tokens as it grows)
+        best = None
+        while low <= high:
+            middle = (low + high) // 2
+            ids = self.tokenizer.apply_chat_template(messages[starts[middle]:], add_generation_prompt=True,
+                                                     return_dict=True)["input_ids"]
+            if len(ids) <= room:
+                best, high = (middle, list(ids)), middle - 1
+            else:
+                low = middle + 1
+        if best is None:
+            alone = len(self.encode_chat(messages[-1:])[0])
+            raise ValueError(f"The message is {alone} tokens; with {LENGTH} {new_tokens} that is more than the "
+                             f"model's context of {self.context} tokens. Shorten the message or lower {LENGTH}.")
+        return self._checked(best[1]), starts[best[0]]
 
     def encode_infill(self, text: str, blank_tokens: int, limits: Limits = LIMITS) -> tuple[torch.Tensor, int]:
         """The text with every `[MASK]` / `___` replaced by `blank_tokens` mask tokens; returns (ids, mask count)."""

@@ -32,7 +32,7 @@ class Events:
 
     def __init__(self, engine: Engine, limits=LIMITS, mode: str | None = None):
         self.engine, self.limits = engine, limits
-        self.controls = CONTROLS
+        self.controls = CONTROLS.for_model(engine.context, engine.min_prompt_tokens())
         self.mode = mode or ("chat" if engine.chat else "completion")
         if self.mode not in ("chat", "completion") or (self.mode == "chat" and not engine.has_chat_template):
             raise ValueError(f"mode must be 'completion', or 'chat' for a tokenizer with a chat template; got "
@@ -49,9 +49,15 @@ class Events:
     def _read(self, values) -> Settings:
         return Settings.read(*values, controls=self.controls)
 
-    def _check(self, kwargs: dict):
-        """Let the package validate the combination (e.g. block length must divide length) before any thread runs."""
+    def _check(self, kwargs: dict, prompt: int, new_tokens: int, what: str):
+        """Refuse what generate() would refuse, before any thread runs: the package validates the combination
+        (e.g. block length must divide length), and the prompt plus the new tokens must fit the context."""
         self.engine.model.generation_config.merged(**kwargs)
+        if prompt + new_tokens > self.engine.context:
+            length = self.controls["max_new_tokens"].label
+            raise ValueError(f"The {what} is {prompt} tokens; with {length} {new_tokens} that is {prompt + new_tokens}"
+                             f", more than the model's context of {self.engine.context} tokens. Shorten the {what}"
+                             f"{f' or lower {length}' if new_tokens else ''}.")
 
     def _history(self, raw) -> list[dict]:
         """The chat history as messages of plain text: only the last `history_messages` are looked at, bubbles of a
@@ -77,13 +83,13 @@ class Events:
         return (render_notice(error, self.controls),) + (gr.skip(),) * (outputs - 1)
 
     # -- the shared streaming loop
-    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks, restore=None):
+    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks, notes=(), restore=None):
         """Yield (canvas, trace, scrubber, text, figures) per step, then the final state."""
         engine = self.engine
         trace = Trace.begin(inputs[0, start:].tolist() + [engine.mask_token_id] * new_tokens, start,
                             engine.mask_token_id, kwargs["steps"], not settings.threshold, blocks,
                             new_tokens // blocks if new_tokens and blocks > 1 else None)
-        trace.restore, trace.live = restore, True
+        trace.notes, trace.restore, trace.live = list(notes), restore, True
         began = time.perf_counter()
         try:
             yield render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(), \
@@ -120,7 +126,7 @@ class Events:
             settings = self._read(values)
             kwargs = settings.generate_kwargs()
             inputs = self.engine.encode_prompt(self._text(prompt, "prompt"))
-            self._check(kwargs)
+            self._check(kwargs, inputs.shape[1], settings.max_new_tokens, "prompt")
         except ValueError as error:
             yield self._refusal(error, 5)
             return
@@ -128,7 +134,8 @@ class Events:
         yield from self._run(inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks)
 
     def chat(self, message, history, *values):
-        """One chat turn: outputs (chatbot, message box, canvas, trace, scrubber, text, figures)."""
+        """One chat turn: outputs (chatbot, message box, canvas, trace, scrubber, text, figures). The oldest turns
+        that no longer fit the context are left out of the prompt (and the canvas says so)."""
         try:
             if not self.engine.has_chat_template:
                 raise ValueError("This model's tokenizer has no chat template: use the Complete tab.")
@@ -137,20 +144,20 @@ class Events:
             kwargs = settings.generate_kwargs()
             message = self._text(message, "message")
             messages.append({"role": "user", "content": message})
-            self._check(kwargs)
-            if sum(len(m["content"]) for m in messages) > 4 * self.limits.prompt_chars:
-                raise ValueError("The conversation is too long; clear the chat.")
-            inputs = self.engine.encode_chat(messages)
+            self._check(kwargs, 0, settings.max_new_tokens, "message")
+            inputs, dropped = self.engine.fit_chat(messages, settings.max_new_tokens)
         except ValueError as error:
             yield (gr.skip(), gr.skip()) + self._refusal(error, 5)
             return
+        notes = [f"The oldest {dropped} messages are left out of the prompt: with them it would not fit the "
+                 f"model's context of {self.engine.context} tokens."] if dropped else []
         # The Chatbot renders HTML (sanitised, not escaped), so it is given escaped text; history is unescaped above.
         shown = [{"role": m["role"], "content": html.escape(m["content"])} for m in messages]
         restore = {"history": shown[:-1], "message": message}
         blocks = settings.max_new_tokens // settings.block_length
         try:
             for canvas, trace, scrubber, text, figures in self._stream(
-                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, restore
+                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, notes, restore
             ):
                 reply = ({"role": "assistant", "content": html.escape(text)} if isinstance(text, str) else
                          {"role": "assistant", "content": f"… denoising, step {trace.steps}",
@@ -167,7 +174,7 @@ class Events:
                                                       self.limits)
             region = inputs.shape[1] - int((inputs[0] == self.engine.mask_token_id).nonzero()[0])  # first blank on
             kwargs = settings.generate_kwargs(max_new_tokens=0, steps=min(settings.steps, masks), block_length=region)
-            self._check(kwargs)
+            self._check(kwargs, inputs.shape[1], 0, "text")
         except ValueError as error:
             yield self._refusal(error, 5)
             return

@@ -46,6 +46,7 @@ class Trace:
     outcome: str | None = None  # None while it runs; then "done" or "stopped"
     live: bool = False  # its event is still streaming
     elapsed: float = 0.0  # seconds its event streamed (set when it ends)
+    notes: list[str] = field(default_factory=list)  # shown under the status line (plain text)
     restore: dict | None = None  # what Stop puts back (the chat before this turn), once
 
     @classmethod
@@ -161,8 +162,9 @@ def render_canvas(trace: Trace, engine, index: int | None = None, running: bool 
         status += f" · block {frame.block + 1} / {trace.blocks}"
     status += f" · {masked} mask{'s' * (masked != 1)} left"
     state = "running" if running else "stopped" if stopped else "done" if masked == 0 else "paused"
+    notes = "".join(f'<div class="canvas-note">{html.escape(note)}</div>' for note in trace.notes)
     return (f'<div class="illada-canvas {state}" data-step="{frame.step}" data-masks="{masked}">'
-            f'<div class="canvas-head"><span class="canvas-status">{status}</span>{LEGEND}</div>'
+            f'<div class="canvas-head"><span class="canvas-status">{status}</span>{LEGEND}</div>{notes}'
             f'<div class="chips">{"".join(chips)}</div></div>')
 
 
@@ -178,11 +180,16 @@ def empty_canvas() -> str:
 
 
 def render_notice(message, controls) -> str:
-    """An error as the user sees it: the package's parameter names become the controls' labels."""
+    """An error as the user sees it: the package's parameter names become the controls' labels, any other
+    `name` is shown as code."""
     text = str(message)
     for control in controls:
         text = text.replace(f"`{control.name}`", control.label)
-    return f'<div class="illada-canvas notice"><b>Cannot run this:</b> {html.escape(text)}</div>'
+    parts = html.escape(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick is text
+        parts[-2:] = ["`".join(parts[-2:])]
+    shown = "".join(f"<code>{part}</code>" if i % 2 else part for i, part in enumerate(parts))
+    return f'<div class="illada-canvas notice"><b>Cannot run this:</b> {shown}</div>'
 
 
 def render_figures(trace: Trace | None, elapsed: float | None = None) -> str:

@@ -5,12 +5,13 @@ events take their values in this order, `Settings.read` checks them against it, 
 the ones `model.generate()` takes. `LIMITS` holds every other bound (text sizes, history, queue).
 
 How it differs from a plain table of sliders: the bounds are checked on the server too (a request can bypass the
-sliders).
+sliders), and the length bounds follow the loaded model (`Controls.for_model`): a control never offers a value the
+model's context cannot hold.
 """
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from modeling_illada.remasking import REMASKING
@@ -47,6 +48,15 @@ class Knob:
             return int(number)
         return number
 
+    def capped(self, maximum: float) -> "Knob":
+        """This knob with its maximum lowered to `maximum`, on its step grid (default clamped into range)."""
+        top = self.minimum + math.floor((min(maximum, self.maximum) - self.minimum) / self.step) * self.step
+        if top < self.minimum:
+            raise ValueError(f"{self.label} cannot fit: the model allows at most {maximum:g}, the minimum is "
+                             f"{self.minimum:g}.")
+        return replace(self, maximum=top, default=min(self.default, top))
+
+
 @dataclass(frozen=True)
 class Choice:
     """One control with named options (a radio)."""
@@ -65,17 +75,22 @@ class Choice:
 
 
 class Controls(tuple):
-    """The controls (`CONTROLS`); `controls["steps"]` finds one by name."""
+    """The controls (`CONTROLS`), possibly with one model's length bounds; `controls["steps"]` finds one by name."""
 
     def __getitem__(self, key):
         if isinstance(key, str):
             return next(c for c in self if c.name == key)
         return tuple.__getitem__(self, key)
 
+    def for_model(self, context: int, min_prompt: int) -> "Controls":
+        """Length, Steps and Block length capped so that the shortest prompt (`min_prompt` tokens) plus Length fits
+        the model's `context` (its `max_position_embeddings`)."""
+        length = self["max_new_tokens"].capped(context - min_prompt)  # steps and blocks are at most the length
+        return Controls(c.capped(length.maximum) if c.name in LENGTH_KNOBS else c for c in self)
 
 
 # The sampler controls, in the order they are shown and sent: the radio, then the sliders two per row. Bounds keep a
-# CPU run to seconds.
+# CPU run to seconds; `for_model` lowers the length bounds to what the model's context holds.
 CONTROLS = Controls((
     Choice("remasking", "Remasking", tuple(sorted(REMASKING)), "low_confidence",
            "which masked positions a step reveals first"),
@@ -88,6 +103,7 @@ CONTROLS = Controls((
     Knob("seed", "Seed", 0, 2**31 - 1, 0, 1, "for sampling noise", generate=False, widget="number"),
     Knob("pace_ms", "Pace (ms)", 0, 500, 60, 10, "pause per step; 0: none", generate=False),
 ))
+LENGTH_KNOBS = ("max_new_tokens", "steps", "block_length")  # bounded by the model's context
 
 
 @dataclass(frozen=True)
@@ -148,9 +164,9 @@ class Settings:
         return cls({control.name: control.read(value) for control, value in zip(controls, values)})
 
     @classmethod
-    def defaults(cls, generation_config=None, context: int | None = None, controls=CONTROLS) -> "Settings":
-        """The model's own settings (its `generation_config`) when they fit the controls and leave half the
-        `context` for the prompt; else the controls' defaults. Seed and pace are always the Space's."""
+    def defaults(cls, generation_config=None, controls=CONTROLS) -> "Settings":
+        """The model's own settings (its `generation_config`) when they fit the controls and leave half the room
+        for the prompt; else the controls' defaults. Seed and pace are always the Space's."""
         fallback = {c.name: c.default for c in controls}
         try:
             saved = {c.name: getattr(generation_config, c.name, None) for c in controls if c.generate}
@@ -158,7 +174,7 @@ class Settings:
             saved["block_length"] = saved["block_length"] or saved["max_new_tokens"]
             values = fallback | {name: value for name, value in saved.items() if value is not None}
             settings = cls.read(*values.values(), controls=controls)
-            if context is not None and settings.max_new_tokens > context // 2:
+            if settings.max_new_tokens > controls["max_new_tokens"].maximum // 2:
                 raise ValueError("leaves too little room for the prompt")
             generation_config.merged(**settings.generate_kwargs())  # a combination generate() accepts
             return settings

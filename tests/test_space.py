@@ -183,6 +183,31 @@ def test_when_generate_refuses_mid_stream_the_chat_is_restored(chat_app, monkeyp
     assert box == "the dog"  # the message is given back, to retry
 
 
+def test_a_long_chat_drops_its_oldest_turns_and_says_so(chat_app):
+    engine, context = chat_app.engine, chat_app.engine.context
+    turn = [{"role": "user", "content": "the cat sat on a mat " * 3}, {"role": "assistant", "content": "a dog ran"}]
+    history = turn * 6  # 6 turns of about 25 tokens: more than the context leaves beside 64 new tokens
+    frames = list(chat_app.chat("the bird", history, *knobs(max_new_tokens=64, steps=8, block_length=64)))
+    chatbot, _, canvas, trace = frames[-1][:4]
+    kept = history + [{"role": "user", "content": "the bird"}]
+    dropped = next(k for k in range(0, len(kept), 2) if len(engine.encode_chat(kept[k:])[0]) + 64 <= context)
+    assert dropped > 0 and trace.start == len(engine.encode_chat(kept[dropped:])[0])
+    assert f"The oldest {dropped} messages are left out" in canvas and masks_left(canvas) == 0
+    assert len(chatbot) == len(kept) + 1  # the page still shows the whole conversation
+    message = "cat " * (context - 40)  # alone too long for 64 new tokens
+    refused = list(chat_app.chat(message, [], *knobs(max_new_tokens=64, steps=8, block_length=64)))
+    assert len(refused) == 1 and "more than the model&#x27;s context" in refused[0][2] and "`" not in refused[0][2]
+
+
+def test_a_prompt_that_does_not_fit_is_refused_in_words(app):
+    context = app.engine.context
+    canvas = next(app.generate("a " * (context - 8), *knobs()))[0]
+    assert f"with Length 32 that is {context - 8 + 32}" in html.unescape(canvas)
+    assert "`" not in canvas and "Shorten the prompt or lower Length" in canvas
+    notice = space_render.render_notice("see `max_position_embeddings` and `steps`", app.controls)
+    assert "<code>max_position_embeddings</code>" in notice and "Steps" in notice and "`" not in notice
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
@@ -219,12 +244,32 @@ def test_every_user_controlled_size_is_bounded(app, chat_app):
     assert "Mark at least one blank" in next(app.infill("no blanks here", 4, *knobs()))[0]
     huge = [{"role": "user", "content": "cat " * (LIMITS.prompt_chars // 4 + 1)}]
     assert "A message in the chat is" in next(chat_app.chat("hi", huge, *knobs()))[2]
-    huge_history = [{"role": "user", "content": "cat " * 900}, {"role": "assistant", "content": "dog " * 900}] * 10
-    assert "too long" in next(chat_app.chat("hi", huge_history, *knobs()))[2]
     # only the last `history_messages` are read: an older oversized message is never looked at
     old = huge + [{"role": "user", "content": "the cat"}] * LIMITS.history_messages
     assert next(chat_app.chat("hi", old, *knobs()))[0][0]["content"] == "the cat"
     assert "must be a list" in next(chat_app.chat("hi", "<b>", *knobs()))[2]
+
+
+def test_sliders_and_server_follow_the_model_context():
+    for context in (256, 64):
+        model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, max_position_embeddings=context)
+        engine = space.Engine(model=model, tokenizer=space_helpers.word_tokenizer(chat=False), name="tiny")
+        events = space.App(engine)
+        length = events.controls["max_new_tokens"]
+        room = context - engine.min_prompt_tokens()  # the shortest prompt plus Length must fit
+        assert length.maximum <= room < length.maximum + length.step
+        assert length.maximum < CONTROLS["max_new_tokens"].maximum
+        assert events.controls["steps"].maximum == events.controls["block_length"].maximum == length.maximum
+        demo = events.build()
+        sliders = {b.elem_id: b for b in demo.blocks.values()
+                   if getattr(b, "elem_id", None) in ("max-new-tokens", "steps")}
+        assert sliders["max-new-tokens"].maximum == sliders["steps"].maximum == length.maximum
+        top = dict(max_new_tokens=length.maximum, steps=8, block_length=length.maximum)
+        assert events._read(knobs(**top)).max_new_tokens == length.maximum  # the longest offered value runs
+        frames = list(events.generate("the", *knobs(**top)))
+        assert masks_left(frames[-1][0]) == 0
+        refused = next(events.generate("the", *knobs(**(top | dict(max_new_tokens=length.maximum + 8)))))[0]
+        assert f"Length must lie between 8 and {length.maximum}" in refused
 
 
 def test_infill_fills_the_blanks_in_place(app):
@@ -268,10 +313,11 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app, monke
     for name, value in dict(max_new_tokens=48, steps=24, block_length=16, remasking="margin",
                             variable_length=True).items():
         monkeypatch.setattr(config, name, value)
-    defaults = space.Settings.defaults(config, context=128)
+    defaults = space.Settings.defaults(config, CONTROLS.for_model(128, 1))
     shown = (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking)
     assert shown == (48, 24, 16, "margin")
-    assert space.Settings.defaults(config, context=64).max_new_tokens == CONTROLS["max_new_tokens"].default
+    small = CONTROLS.for_model(64, 1)  # 48 new tokens would leave too little room for the prompt
+    assert space.Settings.defaults(config, small).max_new_tokens == small["max_new_tokens"].default
     # a request's own knobs win, and the canvas keeps its length (no variable-length blocks, infill is one block)
     assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
     frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
@@ -532,9 +578,8 @@ def test_browser_stop_leaves_the_run_scrubbable_and_the_chat_as_it_was(server):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server, wait_until="domcontentloaded")
             page.get_by_role("tab", name="Chat").click()
-            for elem_id, value in dict(max_new_tokens=16, steps=8, block_length=16, pace_ms=0).items():
-                _set(page, elem_id.replace("_", "-"), value)
-            for turn in ("the cat sat on the mat", "the dog ran"):
+            _set(page, "pace-ms", 0)
+            for turn in ("the cat sat on the mat " * 6, "the dog ran"):  # a long message, then a short one
                 page.locator("#message textarea").fill(turn)
                 page.get_by_role("button", name="Send", exact=True).click()
                 page.wait_for_function("() => !document.querySelector('#message textarea').value && "
