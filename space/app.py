@@ -43,7 +43,7 @@ class App(Events):
                     with gr.Tabs(selected=self.mode):
                         if engine.has_chat_template:
                             with gr.Tab("Chat", id="chat"):
-                                chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="chatbot",
+                                chatbot = gr.Chatbot(show_label=False, height=320, elem_id="chatbot",
                                                      render_markdown=False, buttons=["copy"])
                                 message = gr.Textbox(label="Message", placeholder="Ask something…", lines=1,
                                                      max_lines=6, max_length=self.limits.prompt_chars,
@@ -68,12 +68,12 @@ class App(Events):
                     with gr.Accordion("Sampler", open=True, elem_id="sampler"):
                         knobs = _controls(self.controls, Settings.defaults(engine.model.generation_config,
                                                                            self.controls))
-                with gr.Column(scale=7, min_width=420):
+                with gr.Column(scale=7, min_width=420, elem_id="output-column"):
                     canvas = gr.HTML(empty_canvas(), elem_id="canvas", min_height=220)
-                    with gr.Row(equal_height=False, elem_classes="scrub-row"):
+                    with gr.Group(elem_id="scrub-group"), gr.Row(equal_height=False, elem_classes="scrub-row"):
                         scrubber = gr.Slider(0, 1, value=0, step=1, label="Step", interactive=False,
                                              elem_id="scrubber", scale=6, info="after a run, drag to scrub")
-                        play = gr.Button("▶ Replay", size="sm", scale=1, min_width=96, elem_id="replay")
+                        play = gr.Button("▶ Replay", size="sm", scale=0, min_width=90, elem_id="replay")
                     text = gr.Textbox(label="Text", lines=3, interactive=False, elem_id="final-text", buttons=["copy"])
                     figures = gr.HTML(render_figures(None), elem_id="figures")
             streams = [canvas, trace, scrubber, text, figures]

@@ -5,6 +5,7 @@ token once it is revealed, so a run is kept as one row of tokens with the step t
 block: O(length + steps) memory, not O(length x steps), and any step's canvas is rebuilt from it on demand.
 
 Everything the user or the model wrote goes through `html.escape` here, and nowhere else builds HTML from text.
+Given text (infill) is drawn as the text it is, not as one chip per sub-word token; generated tokens are chips.
 """
 
 import html
@@ -122,18 +123,35 @@ def _label(text: str) -> str:
     return shown.replace("\n", "↵")
 
 
+def _given(text: str) -> str:
+    """Given text as it reads: one span per line, a line break between."""
+    lines = [f'<span class="given-text">{html.escape(line)}</span>' for line in text.split("\n")]
+    return '<span class="nl"></span>'.join(lines)
+
+
 STOPPED = {"stopped": ""}  # outcome: why it stopped
 
 
 def render_canvas(trace: Trace, engine, index: int | None = None, running: bool = False) -> str:
-    """The HTML of one frame: a chip per position. All token text goes through `html.escape`."""
+    """The HTML of one frame: given text as text, a chip per generated position."""
     frame = trace.frame(index)
     masked = sum(token == trace.mask_token_id for token in frame.tokens)
-    chips = []
+    chips, given = [], []
+
+    def flush():
+        if given:
+            chips.append(_given(engine.tokenizer.decode(given, skip_special_tokens=False)))
+            given.clear()
+
     for i, (token, at, score) in enumerate(zip(frame.tokens, frame.revealed_at, frame.score)):
         if i and trace.block_length and i % trace.block_length == 0:
+            flush()
             chips.append('<span class="sep"></span>')
         was_given = trace.initial[i] != trace.mask_token_id
+        if was_given and not engine.special(token):
+            given.append(token)
+            continue
+        flush()
         classes = ["tok"] + (["blk"] if frame.step and frame.block_span[0] <= i < frame.block_span[1] else [])
         if token == trace.mask_token_id:
             chips.append(f'<span class="{" ".join(classes + ["mask"])}" title="masked"></span>')
@@ -144,7 +162,7 @@ def render_canvas(trace: Trace, engine, index: int | None = None, running: bool 
             classes += ["new"] if i in frame.new else []
             style = f' style="background:{background};color:{ink}"'
             title = f"step {at} · p {score:.3f} · id {token}"
-        else:  # given text (infill), or filled with EOS after an end token
+        else:  # a given special token, or EOS filled after an end token
             classes += ["given"]
             style, title = "", f"{'given' if was_given else 'filled'} · id {token}"
         classes += ["special"] if engine.special(token) else []
@@ -152,6 +170,7 @@ def render_canvas(trace: Trace, engine, index: int | None = None, running: bool 
                      f"{html.escape(_label(text))}</span>")
         if "\n" in text:
             chips.append('<span class="nl"></span>')
+    flush()
     last = frame.step == trace.steps
     stopped = last and not running and trace.outcome in STOPPED
     total = trace.steps if trace.outcome else trace.planned_steps if trace.exact_plan else None

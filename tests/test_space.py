@@ -48,6 +48,7 @@ def masks_left(canvas: str) -> int:
 
 
 CHIP = re.compile(r'<span class="(tok[^"]*)"(?: style="[^"]*")? title="([^"]*)">(.*?)</span>')
+GIVEN = re.compile(r'<span class="given-text">(.*?)</span>')
 
 
 def workers() -> int:
@@ -141,19 +142,26 @@ def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
 
 def test_markup_from_the_user_and_the_model_is_escaped(app, chat_app):
     text = "<script> alert <b> [MASK] </b> & \" ___ ."
-    frames = list(app.infill(text, 2, *knobs()))
-    final = frames[-1][0]
-    chips = CHIP.findall(final)
-    assert chips and not re.search(r"<(script|b)\b", final)
-    for _, _, inner in chips:
+    final = list(app.infill(text, 2, *knobs()))[-1][0]
+    chips, given = CHIP.findall(final), GIVEN.findall(final)
+    assert chips and given and not re.search(r"<(script|b)\b", final)
+    for inner in [inner for _, _, inner in chips] + given:
         assert "<" not in inner and ">" not in inner
-    shown = [html.unescape(inner) for _, _, inner in chips]
-    assert {"<script>", "<b>", "</b>", "&", '"'} <= set(shown)  # markup arrives as text
+    shown = " ".join(html.unescape(inner) for inner in given)
+    assert all(word in shown.split() for word in ("<script>", "<b>", "</b>", "&", '"'))  # markup arrives as text
     # the chat box is given escaped text, and history coming back is not escaped twice
     history = [{"role": "user", "content": "&lt;b&gt;hi"}, {"role": "assistant", "content": "ok"}]
     first = next(chat_app.chat("<b>bold</b> <script>", history, *knobs()))
     assert first[0][0]["content"] == "&lt;b&gt;hi"
     assert first[0][2]["content"] == "&lt;b&gt;bold&lt;/b&gt; &lt;script&gt;"
+
+
+def test_given_text_is_drawn_as_text_not_as_token_chips(app):
+    text = "the [MASK] sat on ___ mat ."
+    frames = list(app.infill(text, 2, *knobs(steps=4)))
+    for canvas in (frames[0][0], frames[-1][0]):
+        assert [html.unescape(g) for g in GIVEN.findall(canvas)] == ["the", "sat on", "mat ."]
+        assert len(CHIP.findall(canvas)) == 4  # a chip per blank position, none for the given words
 
 
 def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
@@ -451,6 +459,9 @@ def test_default_demo_model_smoke():
     frames = (list(demo_app.generate("Hello", *settings)) if demo_app.mode == "completion" else
               [f[2:] for f in demo_app.chat("Hello", [], *settings)])
     assert len(frames) > 3 and masks_left(frames[-1][0]) == 0
+    given = " in time saves nine."  # a real sub-word tokenizer: the given text still reads whole
+    canvas = next(demo_app.infill(f"A [MASK]{given}", 4, *settings))[0]
+    assert given.strip() in "".join(html.unescape(g) for g in GIVEN.findall(canvas))
 
 
 def test_space_card_and_requirements_match_the_environment():
@@ -528,6 +539,14 @@ def _set(page, elem_id: str, value):
     box.press("Enter")
 
 
+BOX = "sel => [...document.querySelectorAll(sel)].map(e => { const r = e.getBoundingClientRect(); " \
+      "return [r.left, r.top, r.right, r.bottom]; })"
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 @pytest.mark.slow
 def test_browser_sees_the_canvas_unmask_step_by_step(server):
     chromium, playwright = _browser()
@@ -568,8 +587,8 @@ def test_browser_sees_the_canvas_unmask_step_by_step(server):
 
 
 @pytest.mark.slow
-def test_browser_stop_leaves_the_run_scrubbable_and_the_chat_as_it_was(server):
-    """Stop leaves the page stopped and scrubbable, with the chat as it was before the turn."""
+def test_browser_stop_chat_history_and_layout(server):
+    """Stop leaves the page stopped and scrubbable with the chat as it was; nothing overlaps; given text is text."""
     chromium, playwright = _browser()
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
@@ -599,5 +618,32 @@ def test_browser_stop_leaves_the_run_scrubbable_and_the_chat_as_it_was(server):
             assert page.locator("#final-text textarea").input_value()  # the partial text
             assert page.locator("#scrubber input[type=range]").is_enabled()
             page.screenshot(path=str(ARTIFACTS / "space-stopped.png"), full_page=True)
+            # layout: the chat's label and toolbar cover no message, scrolled or not (the scrolling area starts
+            # below them), and Replay sits in its column and in the scrubber's panel
+            chatbot, area = page.evaluate(BOX, "#chatbot")[0], page.evaluate(BOX, "#chatbot .bubble-wrap")[0]
+            tools = page.evaluate(BOX, "#chatbot .top-panel button") + page.evaluate(BOX, "#chatbot label")
+            assert tools and not any(_overlap(t, area) for t in tools), (tools, area)
+            for scroll in (0, 10_000):
+                page.evaluate(f"() => document.querySelector('#chatbot .bubble-wrap').scrollTop = {scroll}")
+                messages = [m for m in page.evaluate(BOX, "#chatbot .message") if m[3] > chatbot[1] and
+                            m[1] < chatbot[3]]  # the visible ones
+                assert messages and not any(_overlap(t, m) for t in tools for m in messages), (tools, messages)
+            assert not any(_overlap(a, b) for i, a in enumerate(tools) for b in tools[i + 1:])
+            for width in (1400, 900):
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.wait_for_timeout(300)
+                replay, group = page.evaluate(BOX, "#replay")[0], page.evaluate(BOX, "#scrub-group")[0]
+                column, slider = page.evaluate(BOX, "#output-column")[0], page.evaluate(BOX, "#scrubber")[0]
+                inside = all(group[i] <= replay[i] + 0.5 for i in (0, 1)) and all(replay[i] <= group[i] + 0.5
+                                                                                 for i in (2, 3))
+                assert inside and replay[2] <= column[2] + 0.5 and not _overlap(replay, slider), (width, replay, group)
+            # infill: the given text is drawn as text, the blanks as chips
+            page.get_by_role("tab", name="Infill").click()
+            page.locator("#infill-text textarea").fill("the [MASK] sat on ___ mat .")
+            page.get_by_role("button", name="Fill the blanks", exact=True).click()
+            page.wait_for_selector("#canvas .illada-canvas.done", timeout=30_000)
+            given = page.locator("#canvas .given-text").all_inner_texts()
+            assert [g.strip() for g in given] == ["the", "sat on", "mat ."], given
+            page.screenshot(path=str(ARTIFACTS / "space-infill.png"), full_page=True)
         finally:
             browser.close()
