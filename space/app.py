@@ -3,7 +3,7 @@
 Run `python space/app.py` for the embedded demo model (offline, CPU), or point it at any local folder or Hub id with
 `--model` / `ILLADA_MODEL` (e.g. `GSAI-ML/iLLaDA-8B-Instruct`). This file is the layout and the command line; beside
 it, `settings.py` declares the controls and limits, `engine.py` runs `model.generate()` in a worker thread,
-`events.py` holds what each control runs and `render.py` draws the canvas.
+`events.py` holds what each control runs, `render.py` draws the canvas and `server.py` guards the server.
 
 How it differs from LLaDA's official demo (which re-implements the sampler, finishes the whole run, then replays the
 stored states): every frame the browser shows is a step `generate()` has just taken, and after a run (or a Stop)
@@ -26,7 +26,8 @@ import gradio as gr  # noqa: E402
 from engine import Engine, default_model  # noqa: E402
 from events import Events  # noqa: E402
 from render import empty_canvas, render_figures, render_header  # noqa: E402
-from settings import BLANK, CHAT_EXAMPLES, INFILL_EXAMPLES, PROMPT_EXAMPLES, Choice, Settings  # noqa: E402
+from server import launch as _launch, unread_frames  # noqa: E402
+from settings import BLANK, CHAT_EXAMPLES, INFILL_EXAMPLES, LIMITS, PROMPT_EXAMPLES, Choice, Settings  # noqa: E402
 
 
 class App(Events):
@@ -77,17 +78,19 @@ class App(Events):
                     text = gr.Textbox(label="Text", lines=3, interactive=False, elem_id="final-text", buttons=["copy"])
                     figures = gr.HTML(render_figures(None), elem_id="figures")
             streams = [canvas, trace, scrubber, text, figures]
-            common = dict(concurrency_limit=1, concurrency_id="model", show_progress="hidden")
+            common = dict(concurrency_limit=1, concurrency_id="model", show_progress="hidden", preprocess=False)
             wiring = [(run, prompt, self.generate, [prompt, *knobs], streams, "generate")]
             if engine.has_chat_template:
                 wiring.append((send, message, self.chat, [message, chatbot, *knobs], [chatbot, message, *streams],
                                "chat"))
             events = []
             for button, box, fn, inputs, outputs, name in wiring:
-                events += [button.click(fn, inputs, outputs, api_name=name, **common),
-                           box.submit(fn, inputs, outputs, api_name=f"{name}_submit", api_visibility="undocumented",
-                                      **common)]
-            events.append(fill.click(self.infill, [infill_text, blank, *knobs], streams, api_name="infill", **common))
+                event = _wired(demo, fn)
+                events += [button.click(event, inputs, outputs, api_name=name, **common),
+                           box.submit(event, inputs, outputs, api_name=f"{name}_submit",
+                                      api_visibility="undocumented", **common)]
+            events.append(fill.click(_wired(demo, self.infill), [infill_text, blank, *knobs], streams,
+                                     api_name="infill", **common))
             stopped = [canvas, scrubber, text, figures] + ([chatbot, message] if engine.has_chat_template else [])
             for stop in stops:  # first cancel the run (the page runs a click's listeners in order), then redraw
                 stop.click(None, None, None, cancels=events)
@@ -99,6 +102,16 @@ class App(Events):
                        concurrency_limit=4)
         demo.queue(max_size=self.limits.queue_size)
         return demo
+
+
+def _wired(demo, fn):
+    """`fn` as a Gradio event that also learns how far its client has read (`server.unread_frames`)."""
+    def event(request: gr.Request, *values):
+        yield from fn(*values, unread=unread_frames(demo, request))
+
+    event.__name__ = event.__qualname__ = fn.__name__
+    event.__doc__ = fn.__doc__
+    return event
 
 
 def _buttons(label: str, elem_id: str, stops: list):
@@ -131,10 +144,9 @@ def _component(control, value):
                      info=control.info, elem_id=elem_id)
 
 
-def launch(demo: gr.Blocks, **kwargs):
-    """Launch with the Space's look (in Gradio 6 the theme and CSS are `launch()` arguments)."""
-    return demo.launch(css_paths=[HERE / "style.css"], theme=gr.themes.Soft(primary_hue="violet", neutral_hue="slate"),
-                       footer_links=["api"], **kwargs)
+def launch(demo: gr.Blocks, limits=LIMITS, **kwargs):
+    """Launch with the Space's look and guards (`server.launch`)."""
+    return _launch(demo, limits, css_paths=[HERE / "style.css"], **kwargs)
 
 
 def main(argv=None):

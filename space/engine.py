@@ -3,8 +3,9 @@
 How it differs from a demo that re-implements the sampler (LLaDA's official one finishes the whole run, then replays
 stored states): the sampler is the package's own `model.generate()`, run in a worker thread; its `on_step` callback
 puts every `DenoisingStep` on a queue that the event's generator drains, so each frame the browser shows is a step
-that has just happened; returning True from it ends `generate()` when the event's generator is closed (Stop, or the
-client left).
+that has just happened. `on_step` is also where a run is bounded: returning True ends `generate()` when the event's
+generator is closed (Stop, or the client left), when the run passes its wall-clock deadline, or when the client has
+read nothing for a while (a client that never reads its stream would otherwise hold the one model slot).
 """
 
 import json
@@ -87,10 +88,12 @@ def chat_evidence(name: str) -> str | None:
 
 @dataclass
 class Finished:
-    """The end of a run: generate()'s output and the compute time (the pacing pauses taken out)."""
+    """The end of a run: generate()'s output, the compute time (pauses taken out) and why it ended early, if it did
+    (`"time"`: the deadline, `"client"`: the client read nothing)."""
 
     output: object
     seconds: float
+    cut: str | None = None
 
 
 @dataclass
@@ -199,23 +202,51 @@ class Engine:
                 ids += [self.mask_token_id] * blank_tokens
         return self._checked(ids, limits), blanks * blank_tokens
 
-    def denoise(self, inputs: torch.Tensor, settings, kwargs: dict):
+    def denoise(self, inputs: torch.Tensor, settings, kwargs: dict, limits: Limits = LIMITS, unread=None):
         """Run `model.generate` in a worker thread; yield each `DenoisingStep` as it happens, then `Finished`.
 
-        The worker's `on_step` puts steps on a queue and pauses `settings.pace_ms`; closing this generator (the
-        browser left, or Stop) makes the next `on_step` return True, which ends generate() early.
+        The worker's `on_step` puts steps on a queue, pauses `settings.pace_ms`, and returns True (generate() stops
+        after this step) when this generator was closed (the browser left, or Stop), when `limits.run_seconds` have
+        passed, or when `unread()` (frames sent but not read by the client; None: unknown) stays above
+        `limits.unread_frames` for `limits.stall_seconds`.
         """
         events, stop = queue.Queue(), threading.Event()
-        paused = [0.0]
+        deadline = time.monotonic() + limits.run_seconds
+        paused, cut = [0.0], [None]
         generator = torch.Generator(device=self.model.device).manual_seed(settings.seed)
+
+        def wait(seconds: float) -> bool:
+            """Sleep up to `seconds`, waking for Stop; True when the run must end."""
+            return stop.wait(max(0.0, min(seconds, deadline - time.monotonic())))
+
+        def behind() -> bool:
+            """Wait while the client is more than `unread_frames` behind; True when it read nothing for
+            `stall_seconds` (treated as gone)."""
+            stalled, last = time.monotonic(), None
+            while unread is not None and (backlog := unread()) is not None and backlog > limits.unread_frames:
+                now = time.monotonic()
+                if last is not None and backlog < last:
+                    stalled = now  # it is reading, only slowly
+                last = backlog
+                if now - stalled > limits.stall_seconds:
+                    return True
+                if now >= deadline or stop.wait(0.05):
+                    return False  # the deadline or Stop ends the run instead
+            return False
 
         def on_step(step):
             if stop.is_set():
-                return True  # generate() stops after this step
+                return True
             events.put(step)
-            if settings.pace_ms:
-                time.sleep(settings.pace_ms / 1000)
-                paused[0] += settings.pace_ms / 1000
+            began = time.monotonic()
+            if settings.pace_ms and wait(settings.pace_ms / 1000):
+                return True
+            if behind():
+                cut[0] = cut[0] or "client"
+            if time.monotonic() >= deadline:
+                cut[0] = cut[0] or "time"
+            paused[0] += time.monotonic() - began
+            return cut[0] is not None or stop.is_set()
 
         def work():
             try:
@@ -223,7 +254,7 @@ class Engine:
                     start = time.perf_counter()
                     output = self.model.generate(inputs.to(self.model.device), on_step=on_step, generator=generator,
                                                  return_dict_in_generate=True, **kwargs)
-                    events.put(Finished(output, time.perf_counter() - start - paused[0]))
+                    events.put(Finished(output, time.perf_counter() - start - paused[0], cut[0]))
             except BaseException as error:  # handed to the consumer, which re-raises it
                 events.put(error)
 

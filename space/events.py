@@ -2,9 +2,9 @@
 
 Each model-running event is a generator: one yield per denoising step (`Engine.denoise`), then the final state.
 How it differs from a plain Gradio handler: nothing a request sends is trusted. The controls are read against
-`settings.CONTROLS` bounded by the model, text against `settings.LIMITS`, only the last messages of the chat
-history are read, and a reply still being denoised never joins the history (Stop puts the conversation back as it
-was).
+`settings.CONTROLS` bounded by the model, text against `settings.LIMITS`, the chat history is cut to its last
+messages before anything reads it (so the events are wired with `preprocess=False`: they get the raw payload),
+and a reply still being denoised never joins the history (Stop puts the conversation back as it was).
 """
 
 import html
@@ -47,7 +47,13 @@ class Events:
         return text
 
     def _read(self, values) -> Settings:
-        return Settings.read(*values, controls=self.controls)
+        settings = Settings.read(*values, controls=self.controls)
+        paced = settings.pace_ms / 1000 * settings.steps
+        if paced > self.limits.run_seconds:
+            pace, steps = self.controls["pace_ms"].label, self.controls["steps"].label
+            raise ValueError(f"{pace} x {steps} is {paced:g} s of pauses; a run may take at most "
+                             f"{self.limits.run_seconds:g} s. Lower {pace} or {steps}.")
+        return settings
 
     def _check(self, kwargs: dict, prompt: int, new_tokens: int, what: str):
         """Refuse what generate() would refuse, before any thread runs: the package validates the combination
@@ -83,7 +89,7 @@ class Events:
         return (render_notice(error, self.controls),) + (gr.skip(),) * (outputs - 1)
 
     # -- the shared streaming loop
-    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks, notes=(), restore=None):
+    def _stream(self, inputs, settings, kwargs, start, new_tokens, blocks, unread=None, notes=(), restore=None):
         """Yield (canvas, trace, scrubber, text, figures) per step, then the final state."""
         engine = self.engine
         trace = Trace.begin(inputs[0, start:].tolist() + [engine.mask_token_id] * new_tokens, start,
@@ -94,10 +100,14 @@ class Events:
         try:
             yield render_canvas(trace, engine, running=True), trace, _scrubber(trace, False), gr.skip(), \
                 render_figures(trace, 0.0)
-            with closing(engine.denoise(inputs, settings, kwargs)) as steps:
+            with closing(engine.denoise(inputs, settings, kwargs, self.limits, unread)) as steps:
                 for item in steps:
                     if isinstance(item, Finished):
-                        trace.finish(item.output, item.seconds)
+                        trace.finish(item.output, item.seconds, item.cut or "done")
+                        if item.cut:
+                            trace.notes.append({"time": f"A run may take at most {self.limits.run_seconds:g} s.",
+                                                "client": "The client read nothing for "
+                                                f"{self.limits.stall_seconds:g} s."}[item.cut])
                         yield (render_canvas(trace, engine), trace, _scrubber(trace, True), self._words(trace),
                                render_figures(trace))
                         return
@@ -113,14 +123,14 @@ class Events:
         tokens = [t for t in trace.frame().tokens if t != trace.mask_token_id]
         return self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _run(self, inputs, settings, kwargs, start, new_tokens, blocks):
+    def _run(self, inputs, settings, kwargs, start, new_tokens, blocks, unread):
         try:
-            yield from self._stream(inputs, settings, kwargs, start, new_tokens, blocks)
+            yield from self._stream(inputs, settings, kwargs, start, new_tokens, blocks, unread)
         except ValueError as error:  # raised by generate() itself
             yield self._refusal(error, 5)
 
     # -- events
-    def generate(self, prompt, *values):
+    def generate(self, prompt, *values, unread=None):
         """Complete a prompt: outputs (canvas, trace, scrubber, text, figures)."""
         try:
             settings = self._read(values)
@@ -131,9 +141,9 @@ class Events:
             yield self._refusal(error, 5)
             return
         blocks = settings.max_new_tokens // settings.block_length  # whole: the package checked it divides
-        yield from self._run(inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks)
+        yield from self._run(inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, unread)
 
-    def chat(self, message, history, *values):
+    def chat(self, message, history, *values, unread=None):
         """One chat turn: outputs (chatbot, message box, canvas, trace, scrubber, text, figures). The oldest turns
         that no longer fit the context are left out of the prompt (and the canvas says so)."""
         try:
@@ -157,8 +167,11 @@ class Events:
         blocks = settings.max_new_tokens // settings.block_length
         try:
             for canvas, trace, scrubber, text, figures in self._stream(
-                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, notes, restore
+                inputs, settings, kwargs, inputs.shape[1], settings.max_new_tokens, blocks, unread, notes, restore
             ):
+                if trace.outcome not in (None, "done"):  # cut short: no partial reply joins the history
+                    yield shown[:-1], message, canvas, trace, scrubber, text, figures
+                    continue
                 reply = ({"role": "assistant", "content": html.escape(text)} if isinstance(text, str) else
                          {"role": "assistant", "content": f"… denoising, step {trace.steps}",
                           "metadata": {"status": PENDING}})
@@ -166,7 +179,7 @@ class Events:
         except ValueError as error:  # raised by generate() itself: put the conversation back as it was
             yield (shown[:-1], message) + self._refusal(error, 5)
 
-    def infill(self, text, blank_tokens, *values):
+    def infill(self, text, blank_tokens, *values, unread=None):
         """Fill the marked blanks in place (`max_new_tokens=0`, one block): outputs as `generate`."""
         try:
             settings = self._read(values)
@@ -178,7 +191,7 @@ class Events:
         except ValueError as error:
             yield self._refusal(error, 5)
             return
-        yield from self._run(inputs, settings, kwargs, 0, 0, 1)  # the whole text is the canvas
+        yield from self._run(inputs, settings, kwargs, 0, 0, 1, unread)  # the whole text is the canvas
 
     def stopped(self, trace):
         """After Stop cancelled a run: wait for it to end, then show it stopped, scrubbable, and (chat) put the

@@ -44,7 +44,7 @@ class Trace:
     spans: list[tuple[int, int, int]] = field(default_factory=list)  # per step: (block, start, end), region-relative
     final: tuple[int, ...] | None = None  # the canvas after the run, when it differs (EOS filled after an end)
     figures: dict | None = None
-    outcome: str | None = None  # None while it runs; then "done" or "stopped"
+    outcome: str | None = None  # None while it runs; then "done", "stopped", "time" or "client"
     live: bool = False  # its event is still streaming
     elapsed: float = 0.0  # seconds its event streamed (set when it ends)
     notes: list[str] = field(default_factory=list)  # shown under the status line (plain text)
@@ -129,7 +129,7 @@ def _given(text: str) -> str:
     return '<span class="nl"></span>'.join(lines)
 
 
-STOPPED = {"stopped": ""}  # outcome: why it stopped
+STOPPED = {"stopped": "", "time": " (time limit)", "client": " (client not reading)"}  # outcome: why it stopped
 
 
 def render_canvas(trace: Trace, engine, index: int | None = None, running: bool = False) -> str:

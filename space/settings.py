@@ -2,7 +2,7 @@
 
 `CONTROLS` is the one declaration of the sampler controls and their order: the sliders are drawn from it, the model
 events take their values in this order, `Settings.read` checks them against it, and `Settings.generate_kwargs` picks
-the ones `model.generate()` takes. `LIMITS` holds every other bound (text sizes, history, queue).
+the ones `model.generate()` takes. `LIMITS` holds every other bound (text sizes, time per run, request bytes, queue).
 
 How it differs from a plain table of sliders: the bounds are checked on the server too (a request can bypass the
 sliders), and the length bounds follow the loaded model (`Controls.for_model`): a control never offers a value the
@@ -112,10 +112,15 @@ class Limits:
 
     prompt_chars: int = 4000  # characters in one prompt, infill text or chat message (each history message too)
     prompt_tokens: int = 1024  # tokens the model reads (chat history included)
-    history_messages: int = 40  # chat messages kept
+    history_messages: int = 40  # chat messages kept (older ones are dropped before anything else reads them)
     blank_tokens: int = 32  # mask tokens per blank in infill mode
     infill_masks: int = 256  # mask tokens over all blanks
+    run_seconds: float = 60.0  # wall clock per run, pauses and waiting for a slow reader included
+    unread_frames: int = 8  # frames a client may fall behind before the run waits for it to read
+    stall_seconds: float = 3.0  # a run whose client then reads nothing for this long ends (the client is gone)
+    request_bytes: int = 2 * 1024 * 1024  # HTTP request body, refused (413) before it is parsed
     queue_size: int = 16  # requests waiting for the model slot; more are refused ("queue full")
+    sessions: int = 1000  # browser / API sessions whose state (the last run) the server keeps
     stop_wait_seconds: float = 5.0  # how long Stop waits for the cancelled run to end before it redraws
 
 

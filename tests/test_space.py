@@ -1,5 +1,6 @@
-"""The Gradio Space (`space/`): event functions called directly, a gradio_client run against the app on 127.0.0.1, and
-runs in headless Debian chromium driven by Playwright (skipped when chromium is absent).
+"""The Gradio Space (`space/`): event functions called directly, clients of the app running on 127.0.0.1 (gradio_client,
+the REST API, raw sockets), and runs in headless Debian chromium driven by Playwright (skipped when chromium is
+absent).
 
 Everything runs on a tiny model + word-level tokenizer saved to folders (`space_helpers.save_models`); the one test
 of the embedded demo model is marked slow and skipped when the demo model is not there.
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -256,6 +258,9 @@ def test_every_user_controlled_size_is_bounded(app, chat_app):
     old = huge + [{"role": "user", "content": "the cat"}] * LIMITS.history_messages
     assert next(chat_app.chat("hi", old, *knobs()))[0][0]["content"] == "the cat"
     assert "must be a list" in next(chat_app.chat("hi", "<b>", *knobs()))[2]
+    paced = knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=500)  # 32 s of pauses
+    short = space.App(app.engine, limits=replace(LIMITS, run_seconds=10))
+    assert "Pace (ms) x Steps is 32 s of pauses; a run may take at most 10 s" in next(short.generate("a", *paced))[0]
 
 
 def test_sliders_and_server_follow_the_model_context():
@@ -396,6 +401,33 @@ def test_stop_shows_the_stopped_run_and_puts_the_chat_back(chat_app):
     assert wait_for_no_worker(5)
 
 
+def test_a_run_ends_at_its_deadline(folders):
+    engine = space.Engine.load(str(folders / "plain"), device="cpu")
+    slowed(engine.model, 0.05)  # 64 steps: 3 s or more
+    events = space.App(engine, limits=replace(LIMITS, run_seconds=0.5))
+    began = time.monotonic()
+    frames = list(events.generate("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64)))
+    canvas, trace, scrubber, text, figures = frames[-1]
+    assert time.monotonic() - began < 2.0 and trace.outcome == "time" and 0 < trace.steps < 64
+    assert f"stopped at step {trace.steps} (time limit)" in canvas and "A run may take at most 0.5 s" in canvas
+    assert masks_left(canvas) > 0 and scrubber.interactive is True and "forward passes" in figures
+
+
+def test_a_client_that_reads_nothing_ends_its_run(app):
+    events = space.App(app.engine, limits=replace(LIMITS, unread_frames=4, stall_seconds=0.3))
+    sent = []  # frames the client has been sent (and, this client, never reads)
+    began = time.monotonic()
+    for frame in events.generate("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=100),
+                                 unread=lambda: len(sent)):
+        sent.append(frame)
+    trace = sent[-1][1]
+    assert trace.outcome == "client" and trace.steps < 10 and time.monotonic() - began < 3.0  # not the 6.4 s run
+    assert "(client not reading)" in sent[-1][0] and "The client read nothing for 0.3 s" in sent[-1][0]
+    reading = list(events.generate("the cat", *knobs(max_new_tokens=16, steps=16, block_length=16, pace_ms=10),
+                                   unread=lambda: 0))  # a client that keeps up runs to the end
+    assert reading[-1][1].outcome == "done"
+
+
 def test_the_mode_follows_what_the_model_was_trained_on(folders, tmp_path):
     evidence = space_engine.chat_evidence
     assert evidence(str(folders / "plain")) is None and evidence(str(folders / "templated")) is None
@@ -487,16 +519,25 @@ def test_space_card_and_requirements_match_the_environment():
     assert Version(transformers.__version__) in declared.specifier
     assert f"./illada-{modeling_illada.__version__}-py3-none-any.whl" in requirements
     assert not any(line.startswith("gradio") for line in requirements)  # the SDK provides it
+    # the limits the card states are the ones the Space enforces
+    text = (ROOT / "space" / "README.md").read_text()
+    stated = re.search(r"queue of (\d+); a run takes at most (\d+) s, a client that reads nothing of its stream\s+"
+                       r"for (\d+) s loses its run, and a request body over (\d+) MiB", text)
+    assert stated and tuple(map(float, stated.groups())) == (
+        LIMITS.queue_size, LIMITS.run_seconds, LIMITS.stall_seconds, LIMITS.request_bytes / 2**20)
 
 
 # ---------------------------------------------------------------------------------------------- a running server
 
+SERVER_LIMITS = replace(LIMITS, unread_frames=8, stall_seconds=1.0)  # a client that reads nothing is found in ~2 s
+
+
 @pytest.fixture(scope="module")
 def server(folders):
     """The Space on the tiny model with a chat template (so /generate, /chat and /infill), on 127.0.0.1."""
-    events = space.App(space.Engine.load(str(folders / "templated"), device="cpu"))
+    events = space.App(space.Engine.load(str(folders / "templated"), device="cpu"), limits=SERVER_LIMITS)
     demo = events.build()
-    _, url, _ = space.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    _, url, _ = space.launch(demo, SERVER_LIMITS, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     yield url.rstrip("/")
     demo.close()
 
@@ -524,6 +565,33 @@ def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
     assert workers()
     job.cancel()
     assert wait_for_no_worker(5)
+
+
+def test_a_client_that_leaves_its_stream_ends_its_run(server):
+    slow = ["the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=100)]  # 6.4 s unless stopped
+    event_id, _ = space_helpers.submit(server, "generate", slow, time.monotonic() + 10)
+    events = space_helpers.read_stream(server, "generate", event_id, timeout=20, keep=3)  # then hangs up
+    assert len(events) == 3 and workers()
+    assert wait_for_no_worker(3)
+
+
+def test_request_bodies_over_the_limit_are_refused_before_parsing(server):
+    import httpx
+
+    total = 10 * SERVER_LIMITS.request_bytes  # the 300,000-message history of the issue is 18.6 MB
+    for declare_length in (True, False):
+        status, sent = space_helpers.oversized(server, "chat", total, declare_length)
+        assert status == 413 and sent < total / 2, (declare_length, status, sent)
+    # the largest request a page can send (the kept history at its limits, every character escaped to 6) passes
+    worst = html.escape('"' * LIMITS.prompt_chars)
+    history = [{"role": role, "content": [{"type": "text", "text": worst}]}
+               for role in ("user", "assistant") * (LIMITS.history_messages // 2 + 1)]
+    body = {"data": ["the cat", history, *knobs()]}
+    assert len(httpx.Request("POST", server, json=body).content) < SERVER_LIMITS.request_bytes
+    response = httpx.post(f"{server}/gradio_api/call/chat", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    events = space_helpers.read_stream(server, "chat", response.json()["event_id"], timeout=30)
+    assert events[-1][0] == "complete" and "The oldest" in events[-1][1]  # it runs, on the turns that fit
 
 
 def _browser():
