@@ -1,14 +1,16 @@
-"""Helpers for the Space's tests (tests/test_space.py).
+"""Helpers for the Space's tests (tests/test_space.py) and its load benchmark (bench/bench_space_load.py).
 
 A tiny model with a word-level tokenizer saved to folders (plain, with a chat template, and "trained on chats"), and
 HTTP clients of the Space's API written against Gradio's documented REST protocol (`POST /gradio_api/call/<api>`,
-then `GET /gradio_api/call/<api>/<event_id>` streams server-sent events): one that reads its stream (or leaves
-after a few events), and one that sends an oversized body.
+then `GET /gradio_api/call/<api>/<event_id>` streams server-sent events): a well-behaved client, one that never reads
+its stream, and one that sends an oversized body. `load()` runs them together and returns the figures.
 """
 
 import json
 import select
 import socket
+import statistics
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,6 +50,14 @@ def save_models(root: Path, tiny_model) -> Path:
         word_tokenizer(chat=name != "plain").save_pretrained(root / name)
     (root / "trained" / "illada_train.json").write_text(json.dumps({"objective": "sft"}))
     return root
+
+
+def rss_mb(pid="self") -> float:
+    """Resident memory of a process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
 
 
 def submit(url: str, api: str, data: list, deadline: float) -> tuple[str, int]:
@@ -103,3 +113,55 @@ def oversized(url: str, api: str, total_bytes: int, declare_length: bool) -> tup
         except OSError:
             pass
     return (int(reply.split()[1]) if reply.startswith(b"HTTP/") else None), sent
+
+
+def load(url: str, good: list, slow: list | None = None, history_bytes: int = 0, clients: int = 20,
+         timeout: float = 120.0, memory=rss_mb) -> dict:
+    """Run `clients` well-behaved clients of /generate (with data `good`) at once, plus, when given, one client that
+    POSTs `slow` and never reads its stream and two that POST a `history_bytes` chat history to /chat (one declaring
+    its length, one streaming it). Returns the figures: each good client's latency (first POST to its `complete`
+    event), how many were served, their queue-full retries, the never-read run's last event (read after the others),
+    the oversized posts' statuses and bytes sent, and the peak of `memory()` (MB) sampled every 50 ms against its
+    value before."""
+    before, peak, done = memory(), [memory()], threading.Event()
+    latencies, retries, failures, oversize = [], [], [], []
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], memory())
+            time.sleep(0.05)
+
+    def client():
+        began = time.monotonic()
+        try:
+            event_id, tries = submit(url, "generate", good, began + timeout)
+            events = read_stream(url, "generate", event_id, timeout)
+            if events and events[-1][0] == "complete":
+                latencies.append(time.monotonic() - began)
+                retries.append(tries)
+            else:
+                failures.append(events[-1:] or "no events")
+        except Exception as error:  # noqa: BLE001  (counted, and reported by the caller)
+            failures.append(repr(error))
+
+    slow_id = []
+
+    threads = [threading.Thread(target=sample, daemon=True)]
+    if slow is not None:
+        threads.append(threading.Thread(
+            target=lambda: slow_id.append(submit(url, "generate", slow, time.monotonic() + timeout)[0])))
+    if history_bytes:
+        for declare in (True, False):
+            threads.append(threading.Thread(
+                target=lambda d=declare: oversize.append(oversized(url, "chat", history_bytes, d))))
+    threads += [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads[1:]:
+        thread.join(timeout + 30)
+    done.set()
+    # the never-read run, read at last: how it ended (its final canvas says why it stopped)
+    slow_end = read_stream(url, "generate", slow_id[0], timeout)[-1] if slow_id else None
+    return dict(latencies=sorted(latencies), served=len(latencies), failures=failures, retries=sum(retries),
+                median=statistics.median(latencies) if latencies else None, worst=max(latencies, default=None),
+                slow_end=slow_end, oversize=oversize, memory_before=before, memory_peak=peak[0])

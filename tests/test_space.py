@@ -1,6 +1,6 @@
 """The Gradio Space (`space/`): event functions called directly, clients of the app running on 127.0.0.1 (gradio_client,
-the REST API, raw sockets), and runs in headless Debian chromium driven by Playwright (skipped when chromium is
-absent).
+the REST API, raw sockets, a load of concurrent clients), and runs in headless Debian chromium driven by Playwright
+(skipped when chromium is absent).
 
 Everything runs on a tiny model + word-level tokenizer saved to folders (`space_helpers.save_models`); the one test
 of the embedded demo model is marked slow and skipped when the demo model is not there.
@@ -37,6 +37,9 @@ import settings as space_settings  # noqa: E402
 LIMITS, CONTROLS = space_settings.LIMITS, space_settings.CONTROLS
 TEST_SETTINGS = dict(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0,
                      threshold=0.0, cfg_scale=0.0, seed=0, pace_ms=0)
+# The load test's bounds: every well-behaved client served within GOOD_SECONDS, and the server (this process, which
+# also runs the clients) grows by at most MEMORY_MB, while one client never reads a run that would take SLOW_SECONDS.
+GOOD_SECONDS, MEMORY_MB, SLOW_SECONDS = 20.0, 150.0, 30.0
 
 
 def knobs(**overrides):
@@ -592,6 +595,22 @@ def test_request_bodies_over_the_limit_are_refused_before_parsing(server):
     assert response.status_code == 200, response.text
     events = space_helpers.read_stream(server, "chat", response.json()["event_id"], timeout=30)
     assert events[-1][0] == "complete" and "The oldest" in events[-1][1]  # it runs, on the turns that fit
+
+
+@pytest.mark.slow
+def test_under_load_every_good_client_is_served_and_memory_stays_bounded(server):
+    """20 concurrent clients, one client that never reads a long run, two that send an oversized history."""
+    good = ["the cat", *knobs(max_new_tokens=16, steps=8, block_length=16)]
+    slow = ["the dog", *knobs(max_new_tokens=64, steps=64, block_length=64,
+                              pace_ms=int(SLOW_SECONDS / 64 * 1000) // 10 * 10)]
+    figures = space_helpers.load(server, good, slow=slow, history_bytes=20 * 1024 * 1024, clients=20,
+                                 timeout=GOOD_SECONDS + 10)
+    assert figures["served"] == 20 and not figures["failures"], figures["failures"]
+    assert figures["slow_end"][0] == "complete" and "(client not reading)" in figures["slow_end"][1]
+    assert figures["worst"] < GOOD_SECONDS, figures  # the slow run alone would take SLOW_SECONDS
+    assert [status for status, _ in figures["oversize"]] == [413, 413]
+    assert figures["memory_peak"] - figures["memory_before"] < MEMORY_MB, figures
+    assert wait_for_no_worker(10)
 
 
 def _browser():
