@@ -1,8 +1,9 @@
-"""The Gradio Space (`space/app.py`): event functions called directly, a gradio_client run against the app on
-127.0.0.1, and an end-to-end run in headless Debian chromium driven by Playwright (skipped when chromium is absent).
+"""The Gradio Space (`space/`): event functions called directly, clients of the app running on 127.0.0.1 (gradio_client,
+the REST API, raw sockets, a load of concurrent clients), and runs in headless Debian chromium driven by Playwright
+(skipped when chromium is absent).
 
-Everything runs on a tiny model + word-level tokenizer saved to a folder by a fixture; the one test of the embedded
-demo model is marked slow and skipped when the demo model is not there.
+Everything runs on a tiny model + word-level tokenizer saved to folders (`space_helpers.save_models`); the one test
+of the embedded demo model is marked slow and skipped when the demo model is not there.
 """
 
 import html
@@ -13,74 +14,38 @@ import sys
 import threading
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
+import space_helpers
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-WORDS = ("the cat dog bird sat ran flew on under a mat tree roof and then it was very small big happy red blue . , ! ? "
-         "<b> </b> <script> & \" one two three sun moon star sky sea home road went saw slept sang old new green good "
-         "day night cold warm up down in user assistant :").split()
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
-                 "{% if add_generation_prompt %}assistant : {% endif %}")
+_spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
+space = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(space)  # puts space/ on sys.path: its sibling modules import as `settings`, `engine`, ...
+import engine as space_engine  # noqa: E402
+import render as space_render  # noqa: E402
+import settings as space_settings  # noqa: E402
+
+LIMITS, CONTROLS = space_settings.LIMITS, space_settings.CONTROLS
+TEST_SETTINGS = dict(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0,
+                     threshold=0.0, cfg_scale=0.0, seed=0, pace_ms=0)
+# The load test's bounds: every well-behaved client served within GOOD_SECONDS, and the server (this process, which
+# also runs the clients) grows by at most MEMORY_MB, while one client never reads a run that would take SLOW_SECONDS.
+GOOD_SECONDS, MEMORY_MB, SLOW_SECONDS = 20.0, 150.0, 30.0
 
 
-@pytest.fixture(scope="module")
-def app_module():
-    spec = importlib.util.spec_from_file_location("illada_space_app", ROOT / "space" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def word_tokenizer(chat: bool):
-    """Special tokens at the tiny config's ids (0 <s>, 1 <pad>, 2 </s>, 3 <mask>), then WORDS: 64 ids in all."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<mask>", *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", mask_token="<mask>")
-    if chat:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """Two saved tiny models (same weights): `plain` completes text, `chat` has a chat template."""
-    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)  # peaky logits: varied tokens
-    with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
-        model.get_input_embeddings().weight[model.config.eos_token_id] = 0
-    root = tmp_path_factory.mktemp("space-models")
-    for name in ("plain", "chat"):
-        model.save_pretrained(root / name)
-        word_tokenizer(chat=name == "chat").save_pretrained(root / name)
-    return root
-
-
-@pytest.fixture(scope="module")
-def app(app_module, folders):
-    return app_module.App(app_module.Engine.load(str(folders / "plain"), device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def chat_app(app_module, folders):
-    return app_module.App(app_module.Engine.load(str(folders / "chat"), device="cpu"))
-
-
-def knobs(max_new_tokens=32, steps=16, block_length=16, remasking="low_confidence", temperature=0.0, threshold=0.0,
-          cfg_scale=0.0, seed=0, pace_ms=0):
-    """Event inputs in the order the Space wires them."""
-    return [max_new_tokens, steps, block_length, remasking, temperature, threshold, cfg_scale, seed, pace_ms]
+def knobs(**overrides):
+    """Event inputs in the order the Space wires them (the order of `CONTROLS`)."""
+    values = TEST_SETTINGS | overrides
+    return [values[control.name] for control in CONTROLS]
 
 
 def masks_left(canvas: str) -> int:
@@ -88,6 +53,45 @@ def masks_left(canvas: str) -> int:
 
 
 CHIP = re.compile(r'<span class="(tok[^"]*)"(?: style="[^"]*")? title="([^"]*)">(.*?)</span>')
+GIVEN = re.compile(r'<span class="given-text">(.*?)</span>')
+
+
+def workers() -> int:
+    return sum(t.name == "illada-generate" for t in threading.enumerate())
+
+
+def wait_for_no_worker(seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while workers() and time.time() < deadline:
+        time.sleep(0.02)
+    return not workers()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return space_helpers.save_models(tmp_path_factory.mktemp("space-models"), tiny_model)
+
+
+@pytest.fixture(scope="module")
+def app(folders):
+    return space.App(space.Engine.load(str(folders / "plain"), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def chat_app(folders):
+    return space.App(space.Engine.load(str(folders / "templated"), device="cpu"))
+
+
+def slowed(model, seconds: float):
+    """The model with every forward taking at least `seconds` (for runs that must outlast a bound)."""
+    forward = model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
+
+    model.forward = slow_forward
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- direct calls
@@ -107,8 +111,8 @@ def test_generate_streams_every_step_then_the_final_state(app):
     assert all('class="illada-canvas running"' in frame[0] for frame in frames[:-1])
     canvas, trace, scrubber, text, figures = frames[-1]
     assert text == app.engine.tokenizer.decode(reference.sequences[0, ids.shape[1]:], skip_special_tokens=True)
-    assert trace.frames[-1].tokens == tuple(reference.sequences[0, ids.shape[1]:].tolist())
-    assert trace.steps == passes
+    assert trace.frame().tokens == tuple(reference.sequences[0, ids.shape[1]:].tolist())
+    assert trace.steps == passes and trace.outcome == "done"
     assert f'<span class="value">{passes}</span><span class="name">forward passes</span>' in figures
     assert f"{reference.tokens_per_forward:.2f}" in figures and "tokens / s" in figures
     assert scrubber.interactive is True and scrubber.maximum == passes
@@ -116,10 +120,10 @@ def test_generate_streams_every_step_then_the_final_state(app):
     assert all(frame[3] == {"__type__": "update"} for frame in frames[:-1])
 
 
-def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_module, app):
-    frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8, pace_ms=0)))
+def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app):
+    frames = list(app.generate("the dog", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     trace = frames[-1][1]
-    middle = trace.frames[5]  # after the 5th step: second block, 2 tokens per step
+    middle = trace.frame(5)  # after the 5th step: second block, 2 tokens per step
     chips = CHIP.findall(frames[5][0])
     assert sum("new" in classes.split() for classes, _, _ in chips) == len(middle.new) == 2
     block_chips = [c for c in re.findall(r'<span class="(tok[^"]*)"', frames[5][0].split('class="chips"')[1])
@@ -127,9 +131,9 @@ def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_modul
     assert len(block_chips) == 8  # the current block is marked, and only it
     steps_shown = {int(re.match(r"step (\d+)", title).group(1)) for _, title, _ in chips if title.startswith("step")}
     assert steps_shown == set(range(1, 6))
-    # every revealed token: hue from its step, shade from its low_confidence score (the probability)
-    final = trace.frames[-1]
-    colour = app_module.step_colour
+    # every revealed token: hue from its step, shade from its probability
+    final = trace.frame()
+    colour = space_render.step_colour
     expected = [colour((at - 1) / (trace.planned_steps - 1), score)[0]
                 for at, score in zip(final.revealed_at, final.score)]
     assert re.findall(r'style="background:(#[0-9a-f]{6});', frames[-1][0]) == expected
@@ -143,19 +147,26 @@ def test_canvas_colours_by_step_marks_new_tokens_and_the_current_block(app_modul
 
 def test_markup_from_the_user_and_the_model_is_escaped(app, chat_app):
     text = "<script> alert <b> [MASK] </b> & \" ___ ."
-    frames = list(app.infill(text, 2, *knobs()))
-    final = frames[-1][0]
-    chips = CHIP.findall(final)
-    assert chips and not re.search(r"<(script|b)\b", final)
-    for _, _, inner in chips:
+    final = list(app.infill(text, 2, *knobs()))[-1][0]
+    chips, given = CHIP.findall(final), GIVEN.findall(final)
+    assert chips and given and not re.search(r"<(script|b)\b", final)
+    for inner in [inner for _, _, inner in chips] + given:
         assert "<" not in inner and ">" not in inner
-    shown = [html.unescape(inner) for _, _, inner in chips]
-    assert {"<script>", "<b>", "</b>", "&", '"'} <= set(shown)  # markup arrives as text
+    shown = " ".join(html.unescape(inner) for inner in given)
+    assert all(word in shown.split() for word in ("<script>", "<b>", "</b>", "&", '"'))  # markup arrives as text
     # the chat box is given escaped text, and history coming back is not escaped twice
     history = [{"role": "user", "content": "&lt;b&gt;hi"}, {"role": "assistant", "content": "ok"}]
     first = next(chat_app.chat("<b>bold</b> <script>", history, *knobs()))
     assert first[0][0]["content"] == "&lt;b&gt;hi"
     assert first[0][2]["content"] == "&lt;b&gt;bold&lt;/b&gt; &lt;script&gt;"
+
+
+def test_given_text_is_drawn_as_text_not_as_token_chips(app):
+    text = "the [MASK] sat on ___ mat ."
+    frames = list(app.infill(text, 2, *knobs(steps=4)))
+    for canvas in (frames[0][0], frames[-1][0]):
+        assert [html.unescape(g) for g in GIVEN.findall(canvas)] == ["the", "sat on", "mat ."]
+        assert len(CHIP.findall(canvas)) == 4  # a chip per blank position, none for the given words
 
 
 def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
@@ -172,22 +183,49 @@ def test_chat_turn_uses_the_chat_template_and_ends_with_the_answer(chat_app):
     assert rendered.endswith("assistant : ") and ids[0].tolist() == tokenizer(rendered)["input_ids"]
 
 
-def test_when_generate_refuses_mid_stream_the_chat_is_restored(app, chat_app):
-    context = chat_app.engine.model.config.max_position_embeddings
-    history = [{"role": "user", "content": "a " * (context - 40)}, {"role": "assistant", "content": "<b> ok"}]
-    frames = list(chat_app.chat("the cat", history, *knobs(max_new_tokens=64, steps=8, block_length=64)))
+def test_when_generate_refuses_mid_stream_the_chat_is_restored(chat_app, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("`cfg_scale` refused by the model")
+
+    monkeypatch.setattr(chat_app.engine.model, "generate", refuse)
+    history = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "<b> ok"}]
+    frames = list(chat_app.chat("the dog", history, *knobs()))
     chatbot, box, canvas = frames[-1][:3]
-    assert "exceeds the context" in canvas and 'class="illada-canvas notice"' in canvas
+    assert "CFG scale refused" in canvas and 'class="illada-canvas notice"' in canvas
     assert chatbot == [{"role": m["role"], "content": html.escape(m["content"])} for m in history]
-    assert box == "the cat"  # the message is given back, to retry with a shorter length
-    assert "exceeds the context" in list(app.generate("a " * (context - 8), *knobs()))[-1][0]
+    assert box == "the dog"  # the message is given back, to retry
+
+
+def test_a_long_chat_drops_its_oldest_turns_and_says_so(chat_app):
+    engine, context = chat_app.engine, chat_app.engine.context
+    turn = [{"role": "user", "content": "the cat sat on a mat " * 3}, {"role": "assistant", "content": "a dog ran"}]
+    history = turn * 6  # 6 turns of about 25 tokens: more than the context leaves beside 64 new tokens
+    frames = list(chat_app.chat("the bird", history, *knobs(max_new_tokens=64, steps=8, block_length=64)))
+    chatbot, _, canvas, trace = frames[-1][:4]
+    kept = history + [{"role": "user", "content": "the bird"}]
+    dropped = next(k for k in range(0, len(kept), 2) if len(engine.encode_chat(kept[k:])[0]) + 64 <= context)
+    assert dropped > 0 and trace.start == len(engine.encode_chat(kept[dropped:])[0])
+    assert f"The oldest {dropped} messages are left out" in canvas and masks_left(canvas) == 0
+    assert len(chatbot) == len(kept) + 1  # the page still shows the whole conversation
+    message = "cat " * (context - 40)  # alone too long for 64 new tokens
+    refused = list(chat_app.chat(message, [], *knobs(max_new_tokens=64, steps=8, block_length=64)))
+    assert len(refused) == 1 and "more than the model&#x27;s context" in refused[0][2] and "`" not in refused[0][2]
+
+
+def test_a_prompt_that_does_not_fit_is_refused_in_words(app):
+    context = app.engine.context
+    canvas = next(app.generate("a " * (context - 8), *knobs()))[0]
+    assert f"with Length 32 that is {context - 8 + 32}" in html.unescape(canvas)
+    assert "`" not in canvas and "Shorten the prompt or lower Length" in canvas
+    notice = space_render.render_notice("see `max_position_embeddings` and `steps`", app.controls)
+    assert "<code>max_position_embeddings</code>" in notice and "Steps" in notice and "`" not in notice
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(max_new_tokens=10_000), "Length must lie between 8 and 256"),
-        (dict(steps=0), "Steps must lie between 1 and 256"),
+        (dict(max_new_tokens=10_000), "Length must lie between 8 and {max_new_tokens}"),
+        (dict(steps=0), "Steps must lie between 1 and {steps}"),
         (dict(temperature=float("nan")), "Temperature must lie between"),
         (dict(seed=2**40), "Seed must lie between"),
         (dict(steps=7.5), "Steps must be a whole number"),
@@ -201,24 +239,53 @@ def test_bad_settings_give_a_clear_message_and_run_nothing(app, overrides, messa
     frames = list(app.generate("the cat", *knobs(**overrides)))
     assert len(frames) == 1
     canvas = frames[0][0]
-    assert 'class="illada-canvas notice"' in canvas and html.escape(message) in canvas
+    bounds = {c.name: f"{c.maximum:g}" for c in app.controls if hasattr(c, "maximum")}
+    assert 'class="illada-canvas notice"' in canvas and html.escape(message.format(**bounds)) in canvas
     assert "<img" not in canvas
     assert all(output == {"__type__": "update"} for output in frames[0][1:])  # trace, slider, text untouched
 
 
-def test_every_user_controlled_size_is_bounded(app_module, app, chat_app):
-    limits = app_module.LIMITS
-    too_long = "the " * (limits["prompt_chars"] // 4 + 1)
+def test_every_user_controlled_size_is_bounded(app, chat_app):
+    too_long = "the " * (LIMITS.prompt_chars // 4 + 1)
     assert "limit is" in next(app.generate(too_long, *knobs()))[0]
-    assert "limit is" in next(app.generate("a " * (limits["prompt_tokens"] + 1), *knobs()))[0]  # under the chars limit
+    assert "limit is" in next(app.generate("a " * (LIMITS.prompt_tokens + 1), *knobs()))[0]  # under the chars limit
     assert "Type some text" in next(app.generate("   ", *knobs()))[0]
     assert "Type some text" in next(app.generate(None, *knobs()))[0]
     assert "Tokens per blank must lie between 1 and" in next(app.infill("a [MASK]", 1000, *knobs()))[0]
-    many = " ".join(["[MASK]"] * (limits["infill_masks"] // limits["blank_tokens"] + 1))
-    assert "the limit is" in next(app.infill(many, limits["blank_tokens"], *knobs()))[0]
+    many = " ".join(["[MASK]"] * (LIMITS.infill_masks // LIMITS.blank_tokens + 1))
+    assert "the limit is" in next(app.infill(many, LIMITS.blank_tokens, *knobs()))[0]
     assert "Mark at least one blank" in next(app.infill("no blanks here", 4, *knobs()))[0]
-    huge_history = [{"role": "user", "content": "cat " * 900}, {"role": "assistant", "content": "dog " * 900}] * 10
-    assert "too long" in next(chat_app.chat("hi", huge_history, *knobs()))[2]
+    huge = [{"role": "user", "content": "cat " * (LIMITS.prompt_chars // 4 + 1)}]
+    assert "A message in the chat is" in next(chat_app.chat("hi", huge, *knobs()))[2]
+    # only the last `history_messages` are read: an older oversized message is never looked at
+    old = huge + [{"role": "user", "content": "the cat"}] * LIMITS.history_messages
+    assert next(chat_app.chat("hi", old, *knobs()))[0][0]["content"] == "the cat"
+    assert "must be a list" in next(chat_app.chat("hi", "<b>", *knobs()))[2]
+    paced = knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=500)  # 32 s of pauses
+    short = space.App(app.engine, limits=replace(LIMITS, run_seconds=10))
+    assert "Pace (ms) x Steps is 32 s of pauses; a run may take at most 10 s" in next(short.generate("a", *paced))[0]
+
+
+def test_sliders_and_server_follow_the_model_context():
+    for context in (256, 64):
+        model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, max_position_embeddings=context)
+        engine = space.Engine(model=model, tokenizer=space_helpers.word_tokenizer(chat=False), name="tiny")
+        events = space.App(engine)
+        length = events.controls["max_new_tokens"]
+        room = context - engine.min_prompt_tokens()  # the shortest prompt plus Length must fit
+        assert length.maximum <= room < length.maximum + length.step
+        assert length.maximum < CONTROLS["max_new_tokens"].maximum
+        assert events.controls["steps"].maximum == events.controls["block_length"].maximum == length.maximum
+        demo = events.build()
+        sliders = {b.elem_id: b for b in demo.blocks.values()
+                   if getattr(b, "elem_id", None) in ("max-new-tokens", "steps")}
+        assert sliders["max-new-tokens"].maximum == sliders["steps"].maximum == length.maximum
+        top = dict(max_new_tokens=length.maximum, steps=8, block_length=length.maximum)
+        assert events._read(knobs(**top)).max_new_tokens == length.maximum  # the longest offered value runs
+        frames = list(events.generate("the", *knobs(**top)))
+        assert masks_left(frames[-1][0]) == 0
+        refused = next(events.generate("the", *knobs(**(top | dict(max_new_tokens=length.maximum + 8)))))[0]
+        assert f"Length must lie between 8 and {length.maximum}" in refused
 
 
 def test_infill_fills_the_blanks_in_place(app):
@@ -231,15 +298,15 @@ def test_infill_fills_the_blanks_in_place(app):
     trace, final_text = frames[-1][1], frames[-1][3]
     assert masks_left(frames[0][0]) == 6 and masks_left(frames[-1][0]) == 0
     assert len(frames) == 4 + 2
-    assert trace.frames[-1].tokens == tuple(reference[0].tolist())
+    assert trace.frame().tokens == tuple(reference[0].tolist())
     kept = ids[0] != engine.mask_token_id
     assert torch.equal(reference[0][kept], ids[0][kept])  # the given words stay where they were
     assert final_text == engine.tokenizer.decode(reference[0], skip_special_tokens=True)
     assert final_text.split()[0] == "the" and final_text.split()[-2:] == ["mat", "."]
 
 
-def test_early_stop_shows_the_eos_filled_tail(app_module, app):
-    model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)
+def test_early_stop_shows_the_eos_filled_tail(app):
+    model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, initializer_range=0.6)
     eos, forward = model.config.eos_token_id, model.forward
 
     def forward_preferring_eos(*args, **kwargs):
@@ -248,8 +315,8 @@ def test_early_stop_shows_the_eos_filled_tail(app_module, app):
         return output
 
     model.forward = forward_preferring_eos
-    engine = app_module.Engine(model=model, tokenizer=app.engine.tokenizer, name="eos")
-    frames = list(app_module.App(engine).generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
+    engine = space.Engine(model=model, tokenizer=app.engine.tokenizer, name="eos")
+    frames = list(space.App(engine).generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     assert len(frames) == 1 + 4 + 1  # the first block ends in EOS, so the second block never runs
     final, trace, _, text, _ = frames[-1]
     assert masks_left(frames[-2][0]) == 8 and masks_left(final) == 0 and text == ""
@@ -257,14 +324,16 @@ def test_early_stop_shows_the_eos_filled_tail(app_module, app):
     assert sum(t.startswith("step") for t in titles) == 8 and sum(t.startswith("filled") for t in titles) == 8
 
 
-def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module, app, monkeypatch):
+def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app, monkeypatch):
     config = app.engine.model.generation_config
     for name, value in dict(max_new_tokens=48, steps=24, block_length=16, remasking="margin",
                             variable_length=True).items():
         monkeypatch.setattr(config, name, value)
-    defaults = app_module.Settings.defaults(config, context=128)
-    assert (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking) == (48, 24, 16, "margin")
-    assert app_module.Settings.defaults(config, context=64).max_new_tokens == app_module.KNOB["max_new_tokens"].default
+    defaults = space.Settings.defaults(config, CONTROLS.for_model(128, 1))
+    shown = (defaults.max_new_tokens, defaults.steps, defaults.block_length, defaults.remasking)
+    assert shown == (48, 24, 16, "margin")
+    small = CONTROLS.for_model(64, 1)  # 48 new tokens would leave too little room for the prompt
+    assert space.Settings.defaults(config, small).max_new_tokens == small["max_new_tokens"].default
     # a request's own knobs win, and the canvas keeps its length (no variable-length blocks, infill is one block)
     assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
     frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
@@ -278,12 +347,24 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app_module
     assert parallel[-1][1].steps < 8 and masks_left(parallel[-1][0]) == 0
 
 
+def test_infill_follows_the_threshold_control_like_the_other_tabs(app, monkeypatch):
+    config = app.engine.model.generation_config  # saved for parallel decoding, as `--fast`'s distilled demo is
+    monkeypatch.setattr(config, "parallel_decoding", True)
+    monkeypatch.setattr(config, "threshold", 0.01)
+    text = "the [MASK] sat on ___ mat ."  # 8 masks
+    scheduled = list(app.infill(text, 4, *knobs(steps=4, threshold=0.0)))[-1]
+    assert scheduled[1].steps == 4 and masks_left(scheduled[0]) == 0  # Threshold 0: the schedule, 2 per step
+    parallel = list(app.infill(text, 4, *knobs(steps=4, threshold=0.01)))[-1]
+    assert masks_left(parallel[0]) == 0 and parallel[1].steps < 4  # Threshold 0.01: many a step
+
+
 def test_slider_scrubs_and_replay_plays_every_kept_step(app):
     frames = list(app.generate("the cat", *knobs(max_new_tokens=16, steps=8, block_length=8)))
     trace, final = frames[-1][1], frames[-1][0]
     scrubbed = [app.scrub(trace, step) for step in range(trace.steps + 1)]
     assert [masks_left(c) for c in scrubbed] == [masks_left(f[0]) for f in frames[:-1]] == list(range(16, -1, -2))
     assert CHIP.findall(scrubbed[-1]) == CHIP.findall(final)
+    assert [CHIP.findall(s) for s in scrubbed[1:-1]] == [CHIP.findall(f[0]) for f in frames[1:-2]]  # same chips
     assert masks_left(app.scrub(trace, 10_000)) == 0  # out-of-range steps are clamped
     replayed = list(app.replay(trace))
     assert [masks_left(c) for c, _ in replayed] == [masks_left(c) for c in scrubbed]
@@ -295,45 +376,127 @@ def test_closing_the_stream_stops_the_worker(app):
     for _ in range(3):
         next(stream)
     stream.close()  # what Gradio does when the browser leaves or Stop is pressed
-    deadline = time.time() + 5
-    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
-        time.sleep(0.02)
-    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+    assert wait_for_no_worker(5)
 
 
-def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app_module, app, chat_app):
-    for space in (app, chat_app):
-        demo = space.build()
+def test_stop_shows_the_stopped_run_and_puts_the_chat_back(chat_app):
+    history = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "a dog"},
+               {"role": "assistant", "content": "… denoising, step 3", "metadata": {"status": "pending"}}]
+    stream = chat_app.chat("the bird", history, *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=20))
+    frames = [next(stream) for _ in range(5)]
+    chatbot, trace = frames[-1][0], frames[-1][3]
+    assert chatbot[-1]["metadata"] == {"status": "pending"} and "denoising" in chatbot[-1]["content"]
+    sent = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "a dog"},
+            {"role": "user", "content": "the bird"}]  # the pending bubble of the history never reaches the model
+    assert trace.start == len(chat_app.engine.encode_chat(sent)[0])
+    stream.close()  # Stop cancels the event
+    canvas, scrubber, text, figures, chatbot, box = chat_app.stopped(trace)
+    assert 'class="illada-canvas stopped"' in canvas and "stopped at step 4" in canvas
+    assert 0 < masks_left(canvas) < 64 and "stopped" in figures
+    assert scrubber.interactive is True and scrubber.maximum == trace.steps == 4
+    assert text and text == chat_app.engine.tokenizer.decode(
+        [t for t in trace.frame().tokens if t != trace.mask_token_id], skip_special_tokens=True)
+    assert chatbot == [{"role": m["role"], "content": m["content"]} for m in sent[:2]] and box == "the bird"
+    assert masks_left(chat_app.scrub(trace, 2)) == 64 - 2  # the partial run scrubs
+    assert chat_app.stopped(trace) == (({"__type__": "update"},) * 6)  # redrawn once: a later Stop leaves it be
+    done = list(chat_app.generate("the cat", *knobs()))[-1][1]
+    assert chat_app.stopped(done) == (({"__type__": "update"},) * 6)  # a finished run is left as it is
+    assert wait_for_no_worker(5)
+
+
+def test_a_run_ends_at_its_deadline(folders):
+    engine = space.Engine.load(str(folders / "plain"), device="cpu")
+    slowed(engine.model, 0.05)  # 64 steps: 3 s or more
+    events = space.App(engine, limits=replace(LIMITS, run_seconds=0.5))
+    began = time.monotonic()
+    frames = list(events.generate("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64)))
+    canvas, trace, scrubber, text, figures = frames[-1]
+    assert time.monotonic() - began < 2.0 and trace.outcome == "time" and 0 < trace.steps < 64
+    assert f"stopped at step {trace.steps} (time limit)" in canvas and "A run may take at most 0.5 s" in canvas
+    assert masks_left(canvas) > 0 and scrubber.interactive is True and "forward passes" in figures
+
+
+def test_a_client_that_reads_nothing_ends_its_run(app):
+    events = space.App(app.engine, limits=replace(LIMITS, unread_frames=4, stall_seconds=0.3))
+    sent = []  # frames the client has been sent (and, this client, never reads)
+    began = time.monotonic()
+    for frame in events.generate("the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=100),
+                                 unread=lambda: len(sent)):
+        sent.append(frame)
+    trace = sent[-1][1]
+    assert trace.outcome == "client" and trace.steps < 10 and time.monotonic() - began < 3.0  # not the 6.4 s run
+    assert "(client not reading)" in sent[-1][0] and "The client read nothing for 0.3 s" in sent[-1][0]
+    reading = list(events.generate("the cat", *knobs(max_new_tokens=16, steps=16, block_length=16, pace_ms=10),
+                                   unread=lambda: 0))  # a client that keeps up runs to the end
+    assert reading[-1][1].outcome == "done"
+
+
+def test_the_mode_follows_what_the_model_was_trained_on(folders, tmp_path):
+    evidence = space_engine.chat_evidence
+    assert evidence(str(folders / "plain")) is None and evidence(str(folders / "templated")) is None
+    assert "objective sft" in evidence(str(folders / "trained"))
+    shutil.copytree(folders / "templated", tmp_path / "tiny-Instruct")
+    assert "name" in evidence(str(tmp_path / "tiny-Instruct"))
+    shutil.copytree(folders / "templated", tmp_path / "carded")
+    (tmp_path / "carded" / "README.md").write_text("---\ntags: [illada, chat]\n---\n# a chat model\n")
+    assert "tag chat" in evidence(str(tmp_path / "carded"))
+    for name, mode, tabs in (("plain", "completion", ["completion", "infill"]),
+                             ("templated", "completion", ["chat", "completion", "infill"]),
+                             ("trained", "chat", ["chat", "completion", "infill"])):
+        events = space.App(space.Engine.load(str(folders / name), device="cpu"))
+        demo = events.build()
+        tabs_block = next(b for b in demo.blocks.values() if type(b).__name__ == "Tabs")
+        assert events.mode == mode and tabs_block.selected == mode, name
+        assert [b.id for b in demo.blocks.values() if type(b).__name__ == "Tab"] == tabs, name
+    with pytest.raises(ValueError, match="mode must be"):
+        space.App(space.Engine.load(str(folders / "plain"), device="cpu"), mode="chat")
+
+
+def test_the_sampler_controls_are_wired_in_their_declared_order(chat_app):
+    demo = chat_app.build()
+    labels = [c.label for c in CONTROLS]
+    wired = {fn.api_name: [getattr(b, "label", None) for b in fn.inputs] for fn in demo.fns.values()
+             if fn.concurrency_id == "model"}
+    assert {name: inputs[-len(labels):] for name, inputs in wired.items()} == {name: labels for name in wired}
+    assert chat_app._read(knobs()).values() == knobs()  # read back in the same order
+
+
+def test_model_events_share_one_queue_slot_and_the_queue_is_bounded(app, chat_app):
+    for events in (app, chat_app):
+        demo = events.build()
         running = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "model"}
-        name = "chat" if space is chat_app else "generate"
-        assert running == {name: 1, f"{name}_submit": 1, "infill": 1}
-        assert demo._queue.max_size == app_module.QUEUE_SIZE
+        names = ["generate"] + (["chat"] if events is chat_app else [])
+        assert running == {**{n: 1 for n in names}, **{f"{n}_submit": 1 for n in names}, "infill": 1}
+        assert demo._queue.max_size == LIMITS.queue_size
 
 
-def test_missing_demo_model_gives_a_clear_message(app_module, monkeypatch, tmp_path):
+def test_missing_demo_model_gives_a_clear_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", None)  # the module is not there
     with pytest.raises(SystemExit, match="--model"):
-        app_module.default_model()
+        space.default_model()
     fake = types.ModuleType("modeling_illada.demo")
     fake.demo_model_path = lambda fast=False: tmp_path / ("fast" if fast else "")  # the module is there, no weights
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", fake)
     with pytest.raises(SystemExit, match="demo model is missing"):
-        app_module.default_model()
+        space.default_model()
     with pytest.raises(SystemExit, match="fast.*no config.json"):
-        app_module.default_model(fast=True)
+        space.default_model(fast=True)
 
 
 @pytest.mark.slow
-def test_default_demo_model_smoke(app_module):
+def test_default_demo_model_smoke():
     try:
-        path = app_module.default_model()
+        path = space.default_model()
     except SystemExit as missing:
         pytest.skip(f"the embedded demo model is absent: {missing}")
-    demo_app = app_module.App(app_module.Engine.load(path, device="cpu"))
-    prompt = "Hello" if not demo_app.engine.chat else None
-    frames = (list(demo_app.generate(prompt, *knobs(max_new_tokens=16, steps=8, block_length=8))) if prompt else
-              [f[2:] for f in demo_app.chat("Hello", [], *knobs(max_new_tokens=16, steps=8, block_length=8))])
+    demo_app = space.App(space.Engine.load(path, device="cpu"))
+    settings = knobs(max_new_tokens=16, steps=8, block_length=8)
+    frames = (list(demo_app.generate("Hello", *settings)) if demo_app.mode == "completion" else
+              [f[2:] for f in demo_app.chat("Hello", [], *settings)])
     assert len(frames) > 3 and masks_left(frames[-1][0]) == 0
+    given = " in time saves nine."  # a real sub-word tokenizer: the given text still reads whole
+    canvas = next(demo_app.infill(f"A [MASK]{given}", 4, *settings))[0]
+    assert given.strip() in "".join(html.unescape(g) for g in GIVEN.findall(canvas))
 
 
 def test_space_card_and_requirements_match_the_environment():
@@ -359,16 +522,26 @@ def test_space_card_and_requirements_match_the_environment():
     assert Version(transformers.__version__) in declared.specifier
     assert f"./illada-{modeling_illada.__version__}-py3-none-any.whl" in requirements
     assert not any(line.startswith("gradio") for line in requirements)  # the SDK provides it
+    # the limits the card states are the ones the Space enforces
+    text = (ROOT / "space" / "README.md").read_text()
+    stated = re.search(r"queue of (\d+); a run takes at most (\d+) s, a client that reads nothing of its stream\s+"
+                       r"for (\d+) s loses its run, and a request body over (\d+) MiB", text)
+    assert stated and tuple(map(float, stated.groups())) == (
+        LIMITS.queue_size, LIMITS.run_seconds, LIMITS.stall_seconds, LIMITS.request_bytes / 2**20)
 
 
 # ---------------------------------------------------------------------------------------------- a running server
 
+SERVER_LIMITS = replace(LIMITS, unread_frames=8, stall_seconds=1.0)  # a client that reads nothing is found in ~2 s
+
 
 @pytest.fixture(scope="module")
-def server(app_module, app):
-    demo = app.build()
-    _, url, _ = app_module.launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-    yield url
+def server(folders):
+    """The Space on the tiny model with a chat template (so /generate, /chat and /infill), on 127.0.0.1."""
+    events = space.App(space.Engine.load(str(folders / "templated"), device="cpu"), limits=SERVER_LIMITS)
+    demo = events.build()
+    _, url, _ = space.launch(demo, SERVER_LIMITS, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    yield url.rstrip("/")
     demo.close()
 
 
@@ -377,7 +550,7 @@ def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
 
     client = Client(server, verbose=False)
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/generate", "/infill", "/scrub", "/replay"} <= set(endpoints)
+    assert {"/generate", "/chat", "/infill", "/scrub", "/replay"} <= set(endpoints)
     job = client.submit("the cat sat", *knobs(max_new_tokens=32, steps=16, block_length=16, pace_ms=10),
                         api_name="/generate")
     updates = list(job)
@@ -392,20 +565,78 @@ def test_gradio_client_receives_intermediate_states_then_the_final_one(server):
     deadline = time.time() + 20
     while len(job.outputs()) < 3 and time.time() < deadline:
         time.sleep(0.02)
-    assert any(t.name == "illada-generate" for t in threading.enumerate())
+    assert workers()
     job.cancel()
-    deadline = time.time() + 5
-    while any(t.name == "illada-generate" for t in threading.enumerate()) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not any(t.name == "illada-generate" for t in threading.enumerate())
+    assert wait_for_no_worker(5)
+
+
+def test_a_client_that_leaves_its_stream_ends_its_run(server):
+    slow = ["the cat", *knobs(max_new_tokens=64, steps=64, block_length=64, pace_ms=100)]  # 6.4 s unless stopped
+    event_id, _ = space_helpers.submit(server, "generate", slow, time.monotonic() + 10)
+    events = space_helpers.read_stream(server, "generate", event_id, timeout=20, keep=3)  # then hangs up
+    assert len(events) == 3 and workers()
+    assert wait_for_no_worker(3)
+
+
+def test_request_bodies_over_the_limit_are_refused_before_parsing(server):
+    import httpx
+
+    total = 10 * SERVER_LIMITS.request_bytes  # the 300,000-message history of the issue is 18.6 MB
+    for declare_length in (True, False):
+        status, sent = space_helpers.oversized(server, "chat", total, declare_length)
+        assert status == 413 and sent < total / 2, (declare_length, status, sent)
+    # the largest request a page can send (the kept history at its limits, every character escaped to 6) passes
+    worst = html.escape('"' * LIMITS.prompt_chars)
+    history = [{"role": role, "content": [{"type": "text", "text": worst}]}
+               for role in ("user", "assistant") * (LIMITS.history_messages // 2 + 1)]
+    body = {"data": ["the cat", history, *knobs()]}
+    assert len(httpx.Request("POST", server, json=body).content) < SERVER_LIMITS.request_bytes
+    response = httpx.post(f"{server}/gradio_api/call/chat", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    events = space_helpers.read_stream(server, "chat", response.json()["event_id"], timeout=30)
+    assert events[-1][0] == "complete" and "The oldest" in events[-1][1]  # it runs, on the turns that fit
+
+
+@pytest.mark.slow
+def test_under_load_every_good_client_is_served_and_memory_stays_bounded(server):
+    """20 concurrent clients, one client that never reads a long run, two that send an oversized history."""
+    good = ["the cat", *knobs(max_new_tokens=16, steps=8, block_length=16)]
+    slow = ["the dog", *knobs(max_new_tokens=64, steps=64, block_length=64,
+                              pace_ms=int(SLOW_SECONDS / 64 * 1000) // 10 * 10)]
+    figures = space_helpers.load(server, good, slow=slow, history_bytes=20 * 1024 * 1024, clients=20,
+                                 timeout=GOOD_SECONDS + 10)
+    assert figures["served"] == 20 and not figures["failures"], figures["failures"]
+    assert figures["slow_end"][0] == "complete" and "(client not reading)" in figures["slow_end"][1]
+    assert figures["worst"] < GOOD_SECONDS, figures  # the slow run alone would take SLOW_SECONDS
+    assert [status for status, _ in figures["oversize"]] == [413, 413]
+    assert figures["memory_peak"] - figures["memory_before"] < MEMORY_MB, figures
+    assert wait_for_no_worker(10)
+
+
+def _browser():
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+    return chromium, pytest.importorskip("playwright.sync_api")
+
+
+def _set(page, elem_id: str, value):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+BOX = "sel => [...document.querySelectorAll(sel)].map(e => { const r = e.getBoundingClientRect(); " \
+      "return [r.left, r.top, r.right, r.bottom]; })"
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 @pytest.mark.slow
 def test_browser_sees_the_canvas_unmask_step_by_step(server):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api")
+    chromium, playwright = _browser()
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
@@ -413,9 +644,7 @@ def test_browser_sees_the_canvas_unmask_step_by_step(server):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server, wait_until="domcontentloaded")
             page.locator("#prompt textarea").fill("the cat <b> sat on")
-            pace = page.locator("#pace-ms input[type=number]")
-            pace.fill("80")
-            pace.press("Enter")
+            _set(page, "pace-ms", 80)
             # record the mask count of every canvas the page renders
             page.wait_for_selector("#canvas .illada-canvas")
             page.evaluate("""() => {
@@ -440,5 +669,68 @@ def test_browser_sees_the_canvas_unmask_step_by_step(server):
             assert page.locator("#canvas .chips .tok:not(.mask)").count() > 0
             page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
             page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_browser_stop_chat_history_and_layout(server):
+    """Stop leaves the page stopped and scrubbable with the chat as it was; nothing overlaps; given text is text."""
+    chromium, playwright = _browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server, wait_until="domcontentloaded")
+            page.get_by_role("tab", name="Chat").click()
+            _set(page, "pace-ms", 0)
+            for turn in ("the cat sat on the mat " * 6, "the dog ran"):  # a long message, then a short one
+                page.locator("#message textarea").fill(turn)
+                page.get_by_role("button", name="Send", exact=True).click()
+                page.wait_for_function("() => !document.querySelector('#message textarea').value && "
+                                       "document.querySelector('#canvas .illada-canvas.done')", timeout=30_000)
+            rows = page.locator("#chatbot .message-row").count()
+            _set(page, "pace-ms", 150)
+            page.locator("#message textarea").fill("the bird")
+            page.get_by_role("button", name="Send", exact=True).click()
+            page.wait_for_function("() => { const n = document.querySelector('#canvas .illada-canvas.running'); "
+                                   "return n && +n.dataset.step >= 2; }", timeout=30_000)
+            assert page.locator("#chatbot").inner_text().count("denoising") == 1
+            page.locator("#stop-send").click()
+            page.wait_for_selector("#canvas .illada-canvas.stopped", timeout=15_000)
+            page.wait_for_function(f"() => document.querySelectorAll('#chatbot .message-row').length == {rows}")
+            assert "denoising" not in page.locator("#chatbot").inner_text()
+            assert page.locator("#message textarea").input_value() == "the bird"  # to send again
+            assert page.locator("#final-text textarea").input_value()  # the partial text
+            assert page.locator("#scrubber input[type=range]").is_enabled()
+            page.screenshot(path=str(ARTIFACTS / "space-stopped.png"), full_page=True)
+            # layout: the chat's label and toolbar cover no message, scrolled or not (the scrolling area starts
+            # below them), and Replay sits in its column and in the scrubber's panel
+            chatbot, area = page.evaluate(BOX, "#chatbot")[0], page.evaluate(BOX, "#chatbot .bubble-wrap")[0]
+            tools = page.evaluate(BOX, "#chatbot .top-panel button") + page.evaluate(BOX, "#chatbot label")
+            assert tools and not any(_overlap(t, area) for t in tools), (tools, area)
+            for scroll in (0, 10_000):
+                page.evaluate(f"() => document.querySelector('#chatbot .bubble-wrap').scrollTop = {scroll}")
+                messages = [m for m in page.evaluate(BOX, "#chatbot .message") if m[3] > chatbot[1] and
+                            m[1] < chatbot[3]]  # the visible ones
+                assert messages and not any(_overlap(t, m) for t in tools for m in messages), (tools, messages)
+            assert not any(_overlap(a, b) for i, a in enumerate(tools) for b in tools[i + 1:])
+            for width in (1400, 900):
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.wait_for_timeout(300)
+                replay, group = page.evaluate(BOX, "#replay")[0], page.evaluate(BOX, "#scrub-group")[0]
+                column, slider = page.evaluate(BOX, "#output-column")[0], page.evaluate(BOX, "#scrubber")[0]
+                inside = all(group[i] <= replay[i] + 0.5 for i in (0, 1)) and all(replay[i] <= group[i] + 0.5
+                                                                                 for i in (2, 3))
+                assert inside and replay[2] <= column[2] + 0.5 and not _overlap(replay, slider), (width, replay, group)
+            # infill: the given text is drawn as text, the blanks as chips
+            page.get_by_role("tab", name="Infill").click()
+            page.locator("#infill-text textarea").fill("the [MASK] sat on ___ mat .")
+            page.get_by_role("button", name="Fill the blanks", exact=True).click()
+            page.wait_for_selector("#canvas .illada-canvas.done", timeout=30_000)
+            given = page.locator("#canvas .given-text").all_inner_texts()
+            assert [g.strip() for g in given] == ["the", "sat on", "mat ."], given
+            page.screenshot(path=str(ARTIFACTS / "space-infill.png"), full_page=True)
         finally:
             browser.close()
