@@ -97,7 +97,14 @@ def load_base_state_dict(location: str, gguf_file: str | None = None) -> dict:
     if cached is not None and cached.is_file():
         return load_file(cached)
     options = {"gguf_file": gguf_file} if gguf_file else {}
-    base = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **options)
+    source = f"{location}/{gguf_file}" if gguf_file else location
+    try:
+        base = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **options)
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError) as error:
+        if gguf_file:  # a truncated or foreign GGUF fails deep inside the reader: name the file
+            raise ValueError(f"The base weights at {source} could not be read ({type(error).__name__}: {error}); "
+                             "the file may be truncated or not a causal LM's GGUF.") from None
+        raise
     state = {k: v.contiguous() for k, v in base.state_dict().items()}
     if getattr(base.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)  # the same tensor as the embedding: safetensors stores it once
@@ -150,7 +157,11 @@ def load_adapter_folder(cls, folder, dtype=None, config=None, attn_implementatio
         config._attn_implementation = attn_implementation
     location, gguf_file = resolve_base(config.adapter_base, folder)
     model = cls(config)
-    load_base_into(model, load_base_state_dict(location, gguf_file))
+    try:
+        load_base_into(model, load_base_state_dict(location, gguf_file))
+    except ValueError as error:
+        source = f"{location}/{gguf_file}" if gguf_file else location
+        raise ValueError(f"{folder}: its base {source} does not fit it: {error}") from None
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     model.adjust_generation_fn(None, False, None, str(folder), None, False, None, True, None, None, "", False)
     if dtype is not None and dtype != "auto":

@@ -18,9 +18,10 @@ context are scored in windows, each conditioned on the tokens before it.
 
 Differences from the reference code (`get_log_likelihood.py`, iLLaDA's `eval_illada.py`):
 
-* many (prompt, answer) pairs are scored in one padded batch: prompts are left-padded and answers right-padded so
+* many (prompt, answer) pairs are scored in padded batches: prompts are left-padded and answers right-padded so
   that every answer starts at the same column; positions are counted over real tokens (see `modeling_illada.py`),
-  so each row gets the logits it would get alone, and logits are computed for the answer columns only;
+  so each row gets the logits it would get alone, and logits are computed for the answer columns only; pairs that
+  each fit the context but not together (a long prompt beside a long answer) go to separate batches;
 * each pair draws its randomness from its own generator, all of it before the first forward, so a pair's estimate
   does not depend on which pairs share its batch;
 * cross-entropy is taken in float32 whatever the model dtype; mask / BOS / EOS ids come from the arguments, the
@@ -45,16 +46,29 @@ DEFAULT_MC_BATCH_SIZE = 32  # LLaDA's / iLLaDA's lm-eval harness default mini-ba
 
 def _as_sequences(value, name: str) -> list[list[int]]:
     """One sequence (1-D tensor or list of ints), a 2-D tensor (one row each), or a list of sequences."""
+    def ids(sequence, where):
+        if isinstance(sequence, torch.Tensor):
+            if sequence.is_floating_point() or sequence.is_complex() or sequence.dtype == torch.bool:
+                raise ValueError(f"`{where}` must hold integer token ids, got a {sequence.dtype} tensor.")
+            if sequence.dim() != 1:
+                raise ValueError(f"`{where}` must be 1-D (one sequence), got shape {tuple(sequence.shape)}.")
+            return sequence.tolist()
+        if not isinstance(sequence, (list, tuple)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in sequence):
+            raise ValueError(f"`{where}` must be a sequence of integer token ids, got {type(sequence).__name__} "
+                             f"{str(sequence)[:60]}.")
+        return list(sequence)
+
     if isinstance(value, torch.Tensor):
-        if value.dim() == 1:
-            return [value.tolist()]
         if value.dim() == 2:
-            return value.tolist()
-        raise ValueError(f"`{name}` must be 1-D (one sequence) or 2-D (batch, length), got shape {tuple(value.shape)}.")
+            return [ids(row, f"{name}[{i}]") for i, row in enumerate(value)]
+        if value.dim() != 1:
+            raise ValueError(f"`{name}` must be 1-D (one sequence) or 2-D (batch, length), got shape {tuple(value.shape)}.")
+        return [ids(value, name)]
     if isinstance(value, (list, tuple)):
         if len(value) == 0 or all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return [list(value)]
-        return [v.tolist() if isinstance(v, torch.Tensor) else list(v) for v in value]
+            return [ids(value, name)]
+        return [ids(v, f"{name}[{i}]") for i, v in enumerate(value)]
     raise ValueError(
         f"`{name}` must be token ids: a list of ints, a tensor, or a list of those; got {type(value).__name__}."
     )
@@ -85,8 +99,74 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _pairs(model, prompts, answers, *, mask_id, add_bos_token, padd_eos, bos_token_id, eos_token_id, max_length):
+    """Validated `(prompts, answers, eos, limit)`: BOS added where asked, every pair checked against the vocabulary,
+    the mask id and the context (each pair must fit on its own; `_layouts` then batches those that fit together)."""
+    prompts, answers = _as_sequences(prompts, "prompts"), _as_sequences(answers, "answers")
+    if len(prompts) == 1 and len(answers) > 1:
+        prompts = prompts * len(answers)  # one prompt, several answers (multiple choice)
+    if len(prompts) != len(answers):
+        raise ValueError(f"`prompts` and `answers` must pair up: got {len(prompts)} prompts and {len(answers)} answers.")
+    if not answers:
+        raise ValueError("`answers` is empty: pass at least one (prompt, answer) pair.")
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab_size", None)
+    limit = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
+    bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
+    eos = _required_id(model, "eos_token_id", eos_token_id, "`padd_eos=True`") if padd_eos else None
+    shift = logit_shift(config)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        if not answer:
+            raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs a token).")
+        if bos is not None and prompt[:1] != [bos]:
+            prompts[i] = prompt = [bos] + prompt
+        if shift and not prompt:
+            raise ValueError(
+                f"`prompts[{i}]` is empty, but this model's logits are shifted (`shift_logits=True`: each token is "
+                "predicted from the one before it), so an answer's first token needs a token before it: pass a "
+                "prompt, or `add_bos_token=True`."
+            )
+        total = len(prompt) + len(answer) + (eos is not None)
+        if limit is not None and total > limit:
+            raise ValueError(
+                f"`prompts[{i}]` ({len(prompt)} tokens{' with BOS' if bos is not None else ''}) plus `answers[{i}]` "
+                f"({len(answer)}){' plus EOS' if eos is not None else ''} = {total} tokens exceeds the context "
+                f"(`max_length` = {limit}); shorten the prompt."
+            )
+        if vocab is not None and any(not 0 <= t < vocab for t in prompt + answer):
+            raise ValueError(f"`prompts[{i}]` / `answers[{i}]` hold ids outside the vocabulary [0, {vocab}).")
+        for name, sequence in (("answers", answer), ("prompts", prompt)):
+            if mask_id in sequence:
+                raise ValueError(
+                    f"`{name}[{i}]` holds the mask token (id {mask_id}) at position {sequence.index(mask_id)}: it would "
+                    "be scored as a masked position. Score text without mask tokens (decode and re-encode, or drop it)."
+                )
+    return prompts, answers, eos, limit
+
+
+def _layouts(model, prompts, answers, *, mask_id, add_bos_token=False, padd_eos=False, bos_token_id=None,
+             eos_token_id=None, max_length=None) -> list[tuple[list[int], "_Layout"]]:
+    """`[(pair indices, layout)]`: the validated pairs in consecutive padded batches, each as long as fits the context.
+    A batch aligns its answers at one column, so it is as long as its longest prompt plus its longest answer; pairs
+    that each fit but not together go to the next batch. Each pair's score is independent of its batch."""
+    prompts, answers, eos, limit = _pairs(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token,
+                                          padd_eos=padd_eos, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                                          max_length=max_length)
+    groups, current, longest = [], [], (0, 0)
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        grown = (max(longest[0], len(prompt)), max(longest[1], len(answer)))
+        if current and limit is not None and sum(grown) + (eos is not None) > limit:
+            groups.append(current)
+            current, grown = [], (len(prompt), len(answer))
+        current.append(i)
+        longest = grown
+    groups.append(current)
+    return [(group, _Layout(model, [prompts[i] for i in group], [answers[i] for i in group], eos)) for group in groups]
+
+
 class _Layout:
-    """Pairs laid out as `[left pad | BOS | prompt | answer | EOS | right pad]`, every answer starting at `start`.
+    """Validated pairs laid out as `[left pad | BOS | prompt | answer | EOS | right pad]`, every answer starting at
+    `start` (see `_layouts`, which validates and batches them).
 
     Attributes:
         tokens: `(N, T)` clean ids; attention_mask: `(N, T)` 1 on real tokens; prompt_index: `(N, T)` the positions
@@ -94,43 +174,8 @@ class _Layout:
         answer_mask: `(N, W)` bool, real answer positions; lengths: `(N,)` answer lengths L.
     """
 
-    def __init__(self, model, prompts, answers, *, add_bos_token, padd_eos, bos_token_id, eos_token_id, max_length):
-        prompts, answers = _as_sequences(prompts, "prompts"), _as_sequences(answers, "answers")
-        if len(prompts) == 1 and len(answers) > 1:
-            prompts = prompts * len(answers)  # one prompt, several answers (multiple choice)
-        if len(prompts) != len(answers):
-            raise ValueError(
-                f"`prompts` and `answers` must pair up: got {len(prompts)} prompts and {len(answers)} answers."
-            )
-        if not answers:
-            raise ValueError("`answers` is empty: pass at least one (prompt, answer) pair.")
-        config = getattr(model, "config", None)
-        vocab = getattr(config, "vocab_size", None)
-        limit = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
-        bos = _required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
-        eos = _required_id(model, "eos_token_id", eos_token_id, "`padd_eos=True`") if padd_eos else None
-        self.shift = logit_shift(config)
-        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
-            if not answer:
-                raise ValueError(f"`answers[{i}]` is empty: there is nothing to score (an answer needs a token).")
-            if bos is not None and prompt[:1] != [bos]:
-                prompts[i] = prompt = [bos] + prompt
-            if self.shift and not prompt:
-                raise ValueError(
-                    f"`prompts[{i}]` is empty, but this model's logits are shifted (`shift_logits=True`: each token is "
-                    "predicted from the one before it), so an answer's first token needs a token before it: pass a "
-                    "prompt, or `add_bos_token=True`."
-                )
-            total = len(prompt) + len(answer) + (eos is not None)
-            if limit is not None and total > limit:
-                raise ValueError(
-                    f"`prompts[{i}]` ({len(prompt)} tokens{' with BOS' if bos is not None else ''}) plus `answers[{i}]` "
-                    f"({len(answer)}){' plus EOS' if eos is not None else ''} = {total} tokens exceeds the context "
-                    f"(`max_length` = {limit}); shorten the prompt."
-                )
-            if vocab is not None and any(not 0 <= t < vocab for t in prompt + answer):
-                raise ValueError(f"`prompts[{i}]` / `answers[{i}]` hold ids outside the vocabulary [0, {vocab}).")
-
+    def __init__(self, model, prompts, answers, eos: int | None):
+        self.shift = logit_shift(getattr(model, "config", None))
         device = _model_device(model)
         n = len(answers)
         self.start = max(len(p) for p in prompts)
@@ -198,8 +243,8 @@ def _check_mc(mc_num, mc_batch_size) -> int:
 
 
 def _check_cfg(cfg_scale):
-    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or cfg_scale < 0:
-        raise ValueError(f"`cfg_scale` must be a number >= 0 (0 = no guidance), got {cfg_scale!r}.")
+    if not isinstance(cfg_scale, (int, float)) or isinstance(cfg_scale, bool) or not 0 <= cfg_scale < float("inf"):
+        raise ValueError(f"`cfg_scale` must be a finite number >= 0 (0 = no guidance), got {cfg_scale!r}.")
 
 
 def stratified_masks(length: int, rounds: int, mc_batch_size: int, generator=None) -> torch.Tensor:
@@ -245,9 +290,13 @@ def confidence_log_likelihood(
     """
     _check_cfg(cfg_scale)
     mask_id = _required_id(model, "mask_token_id", mask_token_id, "Scoring")
-    layout = _Layout(model, prompts, answers, add_bos_token=add_bos_token, padd_eos=padd_eos,
-                     bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
-    return _confidence(model, layout, torch.arange(len(layout.lengths), device=layout.tokens.device), cfg_scale, mask_id)
+    batches = _layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token, padd_eos=padd_eos,
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
+    result = torch.zeros(sum(len(group) for group, _ in batches), dtype=torch.float64, device=_model_device(model))
+    for group, layout in batches:
+        rows = torch.arange(len(group), device=layout.tokens.device)
+        result[torch.tensor(group, device=result.device)] = _confidence(model, layout, rows, cfg_scale, mask_id)
+    return result
 
 
 @torch.no_grad()
@@ -303,10 +352,15 @@ def monte_carlo_log_likelihood(
     mc_batch_size = _check_mc(mc_num, mc_batch_size)
     _check_cfg(cfg_scale)
     mask_id = _required_id(model, "mask_token_id", mask_token_id, "Scoring")
-    layout = _Layout(model, prompts, answers, add_bos_token=add_bos_token, padd_eos=padd_eos,
-                     bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
-    return _monte_carlo(model, layout, _generators(generator, seed, len(layout.lengths)), mc_num, mc_batch_size,
-                        cfg_scale, mask_id)
+    batches = _layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token, padd_eos=padd_eos,
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
+    count = sum(len(group) for group, _ in batches)
+    generators = _generators(generator, seed, count)
+    result = torch.zeros(count, dtype=torch.float64, device=_model_device(model))
+    for group, layout in batches:  # consecutive groups: a shared generator is still drawn from pair by pair
+        result[torch.tensor(group, device=result.device)] = _monte_carlo(
+            model, layout, [generators[i] for i in group], mc_num, mc_batch_size, cfg_scale, mask_id)
+    return result
 
 
 @torch.no_grad()

@@ -47,6 +47,8 @@ class RunRecipe:
     loss_weighting: str = _option("elbo", "elbo: LLaDA's 1/p-weighted loss; uniform: mean CE over masked tokens",
                                   choices="LOSS_WEIGHTING")
     random_length_prob: float = _option(0.01, "probability that a pretraining batch is cut to a random length")
+    group_by_length: bool = _option(False, "batch rows of similar length together (less padding; SFT rows are padded "
+                                           "with EOS to their batch's longest)")
     # --- optimisation (AdamW, beta2 0.95, gradient clipping at 1)
     batch_size: int = _option(16, "sequences per batch (per device)")
     gradient_accumulation_steps: int = _option(1, "batches per optimiser step", flag="--grad-accum")

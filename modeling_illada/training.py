@@ -303,13 +303,33 @@ def _files(paths) -> list[Path]:
     return files
 
 
+def _read_text(path: Path, strict: bool = False) -> str:
+    """A file as UTF-8. Undecodable bytes are replaced with U+FFFD and a warning names the file and the first bad
+    offset; with `strict` (JSONL, where a replaced byte could hide in a JSON string) they are an error naming the
+    file and line."""
+    import warnings
+
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        if strict:
+            raise ValueError(f"{path}:{line}: not UTF-8 (byte {data[error.start]:#04x} at offset {error.start}); "
+                             "re-encode the file as UTF-8.") from None
+        bad = data.decode("utf-8", errors="replace").count("\ufffd")
+        warnings.warn(f"{path}: {bad} bytes are not UTF-8 (the first at line {line}, offset {error.start}); they are "
+                      "read as U+FFFD. Re-encode the file as UTF-8 to keep them.", stacklevel=3)
+        return data.decode("utf-8", errors="replace")
+
+
 def read_documents(paths, separator: str | None = None) -> list[str]:
     """Documents from plain text files (folders are read recursively). Each file is one document, or, with
     `separator`, the text between lines equal to it (e.g. `"%"` for fortune files). Empty documents are dropped;
     a corpus with none is an error."""
     documents = []
     for path in _files(paths):
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = _read_text(path)
         if separator is None:
             parts = [text]
         else:
@@ -383,7 +403,7 @@ def read_conversations(paths) -> list[list[dict]]:
     list), roles among `ROLES`, ending with an assistant turn (the answer that is trained)."""
     conversations = []
     for path in _files(paths):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_read_text(path, strict=True).splitlines(), 1):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
@@ -438,8 +458,7 @@ def model_config(tokenizer, seq_length: int, preset: str | None = None, config: 
     from .generation_illada import IlladaGenerationConfig
     from .presets import load_preset
 
-    if isinstance(config, (str, os.PathLike)):
-        config = json.loads(Path(config).read_text()) if Path(config).is_file() else json.loads(config)
+    config = read_config_fields(config)
     skip = ("architectures", "auto_map", "transformers_version")
     fields = {k: v for k, v in (config or {}).items() if not k.startswith("_") and k not in skip}
     fields.update(
@@ -506,8 +525,22 @@ def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool
         weight_decay=recipe.weight_decay, adam_beta2=0.95, max_grad_norm=1.0, logging_steps=recipe.logging_steps,
         eval_strategy="steps" if has_eval else "no", eval_steps=recipe.eval_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, seed=recipe.seed, report_to="none",
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm, prediction_loss_only=True,
+        **_length_grouping(getattr(recipe, "group_by_length", False)),
     )
+
+
+def _length_grouping(enabled: bool) -> dict:
+    """The `TrainingArguments` option that groups rows by length (its name changed within transformers 5)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    if not enabled:
+        return {}
+    names = {f.name for f in fields(TrainingArguments)}
+    return {"train_sampling_strategy": "group_by_length"} if "train_sampling_strategy" in names \
+        else {"group_by_length": True}
 
 
 @dataclass
@@ -660,9 +693,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
         net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else load_model(source)
         check_model_fits(net, tokenizer, recipe.seq_length)
     else:
-        config = recipe.config
-        if isinstance(config, str):
-            config = json.loads(config if config.lstrip().startswith("{") else Path(config).read_text())
+        config = read_config_fields(recipe.config)
         cfg, generation = model_config(tokenizer, recipe.seq_length, recipe.preset, config)
         torch.manual_seed(recipe.seed)
         net = IlladaForMaskedDiffusion(cfg)
@@ -687,6 +718,27 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
                train_sequences=len(train_set), eval_sequences=len(eval_set),
                train_documents=corpus.train_documents, eval_documents=corpus.eval_documents)
     return trainer
+
+
+def read_config_fields(config) -> dict | None:
+    """`config` as a dict of config fields: a dict as it is, an inline JSON object, or the path of a JSON file."""
+    if config is None or isinstance(config, dict):
+        return config
+    text = str(config)
+    inline = text.lstrip().startswith("{")
+    if not inline:
+        if not Path(text).is_file():
+            raise ValueError(f"`config`: {text!r} is neither a JSON object nor a file (no such file).")
+        text = Path(text).read_text(encoding="utf-8")
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as error:
+        where = "the inline `config`" if inline else f"`config` file {config}"
+        raise ValueError(f"{where} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}.") \
+            from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"`config` must be a JSON object of IlladaConfig fields, got {type(fields).__name__}.")
+    return fields
 
 
 def check_model_fits(net, tokenizer, seq_length: int) -> None:

@@ -58,7 +58,8 @@ def chat_evidence(name: str) -> str | None:
     """Why the model counts as trained on chats, or None. The Space opens in chat mode only for a model whose
     tokenizer has a chat template AND that this finds trained on chats, checked in this order:
 
-    1. its training recipe `illada_train.json` (written by `illada train`) says `"objective": "sft"`;
+    1. its training recipe `illada_train.json` (written by `illada train` / `illada adapt`) lists chat data (`sft`,
+       or the older `"objective": "sft"`);
     2. its model card (README.md) metadata has a tag among `CHAT_TAGS`;
     3. its name has a word matching `CHAT_NAME` (the Hub convention: `...-Instruct`, `...-Chat`, `...-SFT`).
 
@@ -66,8 +67,9 @@ def chat_evidence(name: str) -> str | None:
     recipe = _model_file(name, "illada_train.json")
     if recipe is not None:
         try:
-            if json.loads(recipe.read_text()).get("objective") == "sft":
-                return "illada_train.json: objective sft"
+            record = json.loads(recipe.read_text())
+            if record.get("sft") or record.get("objective") == "sft":
+                return "illada_train.json: trained on chats"
         except (OSError, ValueError, AttributeError):
             pass
     card = _model_file(name, "README.md")

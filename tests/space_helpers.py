@@ -41,14 +41,15 @@ def word_tokenizer(chat: bool):
 
 def save_models(root: Path, tiny_model) -> Path:
     """Three saved tiny models (same weights) under `root`: `plain` completes text, `templated` has a chat template
-    (and no chat training), `trained` has both (its `illada_train.json` says `"objective": "sft"`)."""
+    (and no chat training), `trained` has both (its `illada_train.json` lists chat data, as `illada train --sft`
+    writes it)."""
     model = tiny_model(vocab_size=len(WORDS) + 4, initializer_range=0.6)  # peaky logits: varied tokens
     with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
         model.get_input_embeddings().weight[model.config.eos_token_id] = 0
     for name in ("plain", "templated", "trained"):
         model.save_pretrained(root / name)
         word_tokenizer(chat=name != "plain").save_pretrained(root / name)
-    (root / "trained" / "illada_train.json").write_text(json.dumps({"objective": "sft"}))
+    (root / "trained" / "illada_train.json").write_text(json.dumps({"recipe": "TrainRecipe", "sft": ["chats.jsonl"]}))
     return root
 
 

@@ -434,7 +434,7 @@ def test_a_client_that_reads_nothing_ends_its_run(app):
 def test_the_mode_follows_what_the_model_was_trained_on(folders, tmp_path):
     evidence = space_engine.chat_evidence
     assert evidence(str(folders / "plain")) is None and evidence(str(folders / "templated")) is None
-    assert "objective sft" in evidence(str(folders / "trained"))
+    assert "trained on chats" in evidence(str(folders / "trained"))
     shutil.copytree(folders / "templated", tmp_path / "tiny-Instruct")
     assert "name" in evidence(str(tmp_path / "tiny-Instruct"))
     shutil.copytree(folders / "templated", tmp_path / "carded")
