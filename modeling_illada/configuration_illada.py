@@ -253,9 +253,9 @@ class DreamConfig(IlladaConfig):
     """`IlladaConfig` under Dream's model type ("Dream"): reads Dream-v0-Base-7B / Dream-v0-Instruct-7B `config.json`.
 
     Dream is Qwen2.5-7B adapted to masked diffusion: Qwen2 blocks (biases on q/k/v, none on o), an untied head,
-    logits shifted by one (`shift_logits=True`), Dream's mask id 151666 and RoPE base 1e6 by default as its config
-    says. Its defaults are `DreamConfig`'s as published (so a config.json that omits a field reads as Dream's code
-    reads it); the released checkpoints state every size in their config.json.
+    logits shifted by one (`shift_logits=True`) and Dream's mask id 151666. Its defaults are Dream's `DreamConfig`'s
+    as published (RoPE base 10000 among them, so a config.json that omits a field reads as Dream's code reads it); the
+    released checkpoints state every size in their config.json (RoPE base 1e6, see the presets).
     """
 
     model_type = "Dream"

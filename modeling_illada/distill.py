@@ -290,7 +290,7 @@ def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, di
     started = time.time()
     if isinstance(recipe, (str, Path)):
         recipe, fields = None, {"model": str(recipe), **fields}
-    recipe = (recipe or DistillRecipe()).replace(**fields) if fields else (recipe or DistillRecipe())
+    recipe = DistillRecipe.build(recipe, fields)
     output_dir = Path(output_dir)
     checkpoint = check_output_dir(output_dir, overwrite, resume)
     if recipe.model is None:
@@ -324,7 +324,8 @@ def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, di
         if recipe.trajectories is not None:
             write_trajectories(recipe.trajectories, records)
     train_set, eval_set = split_documents(records, recipe.eval_fraction)
-    collator = CertaintyForcingCollator(net.config.mask_token_id, recipe.block_length, seed=recipe.seed)
+    collator = CertaintyForcingCollator(net.config.mask_token_id, recipe.block_length, seed=recipe.seed,
+                                        time_sampling=recipe.time_sampling)
     text_sequences = 0
     seq_length = recipe.seq_length or context
     if recipe.text_weight > 0:  # 2. Text replay: the corpus's training split, packed as `train()` packs it

@@ -48,6 +48,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
 from . import IlladaGenerationConfig, __version__
 from .generation_illada import ALIASES as GENERATION_ALIASES
+from .diffusion import logit_shift
 from .likelihood import SCORERS, _check_mc, _special_id, elbo, log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -307,8 +308,11 @@ class IlladaEvalHarness(TemplateLM):
         return ids
 
     def _fit(self, context: list[int], reserved: int) -> list[int]:
-        """The context (with BOS), cut on the left so that it and `reserved` more tokens fit `max_length`."""
+        """The context (with BOS), cut on the left so that it and `reserved` more tokens fit `max_length`. A model
+        with shifted logits predicts each token from the one before it: an empty context becomes the prefix token."""
         context = self._with_bos(context)
+        if not context and logit_shift(self.model.config):
+            context = [self.prefix_token_id]
         room = self._max_length - reserved
         if room < 1:
             raise ValueError(f"{reserved} tokens to score or generate leave no room for a context in `max_length` "
@@ -370,6 +374,8 @@ class IlladaEvalHarness(TemplateLM):
             if not ids:
                 results.append(0.0)  # nothing to predict, as for lm-eval's causal models
                 continue
+            if logit_shift(self.model.config) and not s.add_bos_token:
+                ids = [self.prefix_token_id] + ids  # as lm-eval's causal models: every token of the text is scored
             score = elbo(self.model, [ids], mc_num=s.mc_num, mc_batch_size=s.mc_batch_size,
                          generator=_request_generator(s.seed, ids), add_bos_token=s.add_bos_token,
                          padd_eos=s.padd_eos, mask_token_id=self.mask_token_id, bos_token_id=self.bos_token_id,

@@ -26,7 +26,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .adapters import is_adapter_folder, load_adapter_folder
+from .adapters import adapter_folder, load_adapter_folder
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .generation_dream import DreamSamplerMixin
@@ -288,8 +288,9 @@ class IlladaPreTrainedModel(PreTrainedModel):
 
         A folder written by `illada adapt --save-adapter` (a LoRA adapter and `adapter_base` in its config) is
         followed to its base: the base's weights load, the adapter is merged in (see `adapters.py`)."""
-        if args and args[0] is not None and is_adapter_folder(args[0]):
-            return load_adapter_folder(cls, args[0], **kwargs)
+        folder = adapter_folder(args[0]) if args and args[0] is not None else None
+        if folder is not None:
+            return load_adapter_folder(cls, folder, **kwargs)
         if not strict:
             return super().from_pretrained(*args, **kwargs)
         wants_info = kwargs.pop("output_loading_info", False)

@@ -95,6 +95,14 @@ class RunRecipe:
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
 
+    @classmethod
+    def build(cls, recipe=None, fields=None):
+        """`recipe` (default: this class's defaults) with `fields` replaced: what `train(out, recipe, **fields)` runs."""
+        recipe = recipe if recipe is not None else cls()
+        if not isinstance(recipe, cls):
+            raise ValueError(f"`recipe` must be a {cls.__name__}, got {type(recipe).__name__}.")
+        return recipe.replace(**fields) if fields else recipe
+
     def replace(self, **fields):
         """A copy with `fields` changed; unknown names are an error listing the recipe's fields."""
         known = {f.name for f in dataclasses.fields(self)}
@@ -172,8 +180,8 @@ class AdaptRecipe(RunRecipe):
             raise ValueError("`save_adapter` saves a LoRA adapter: set `lora_r` too (full fine-tuning saves weights).")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"`lora_dropout` must lie in [0, 1), got {self.lora_dropout!r}.")
-        if self.adapter_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"`adapter_dtype` must be float32, bfloat16 or float16, got {self.adapter_dtype!r}.")
+        if self.adapter_dtype not in _registry("ADAPTER_DTYPES"):
+            raise ValueError(f"`adapter_dtype` must be one of {_registry('ADAPTER_DTYPES')}, got {self.adapter_dtype!r}.")
 
 
 @dataclass
@@ -181,7 +189,7 @@ class DistillRecipe(RunRecipe):
     """`illada distill`: certainty-forcing self-distillation of a model on its own greedy trajectories (dParallel's
     recipe, with text replay); see `distill.py`."""
 
-    unused: ClassVar[tuple[str, ...]] = ("sft", "packing", "random_length_prob", "eval_data")
+    unused: ClassVar[tuple[str, ...]] = ("sft", "packing", "random_length_prob", "eval_data", "group_by_length")
 
     # --- the teacher and its trajectories
     model: str | None = _option(None, "the teacher (and starting student): a model folder or Hub id")

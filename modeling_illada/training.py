@@ -514,8 +514,8 @@ def check_output_dir(output_dir: Path, overwrite: bool, resume) -> str | None:
 
 
 def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool = False):
-    """The `TrainingArguments` of a run (shared with `bench/train_figures.py`, whose autoregressive twin must see
-    the same optimiser, schedule and batches): AdamW (beta2 0.95), gradient clipping at 1, fixed step budget."""
+    """The `TrainingArguments` of a run from its recipe: AdamW (beta2 0.95), gradient clipping at 1, a fixed step
+    budget, losses only at evaluation (no logits gathered)."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -568,9 +568,9 @@ def read_corpus(recipe) -> Corpus:
     texts = read_documents(recipe.data, recipe.doc_separator) if recipe.data else []
     chats = read_conversations(recipe.sft) if recipe.sft else []
     if recipe.eval_data:
-        heldout = [p for p in recipe.eval_data]
-        jsonl = [p for p in heldout if str(p).endswith(".jsonl")]
-        text_files = [p for p in heldout if not str(p).endswith(".jsonl")]
+        heldout = _files(recipe.eval_data)  # folders expanded first: chats are told from text by their suffix
+        jsonl = [p for p in heldout if p.suffix == ".jsonl"]
+        text_files = [p for p in heldout if p.suffix != ".jsonl"]
         return Corpus(texts, chats, read_documents(text_files, recipe.doc_separator) if text_files else [],
                       read_conversations(jsonl) if jsonl else [])
     texts, heldout_texts = split_documents(texts, recipe.eval_fraction)
@@ -594,24 +594,30 @@ def encode_rows(corpus: Corpus, tokenizer, recipe) -> tuple[list[dict], list[dic
 
     train_rows = rows(corpus.texts, corpus.chats)
     eval_rows = rows(corpus.heldout_texts, corpus.heldout_chats, heldout=True)
-    if corpus.chats or not recipe.packing:
+    if _sft_layout(corpus, recipe):
         for row in train_rows + eval_rows:
             row.setdefault("prompt_length", 0)
     return train_rows, eval_rows
+
+
+def _sft_layout(corpus: Corpus, recipe) -> bool:
+    """Rows are in SFT layout (ragged, `prompt_length`) when there are chats on either side or text is not packed."""
+    return bool(corpus.chats or corpus.heldout_chats or not recipe.packing)
 
 
 def diffusion_collator(corpus: Corpus, recipe, mask_token_id: int, eos_token_id: int, shift_logits: bool = False):
     """The forward process for `encode_rows`' rows: `SFTCollator` for SFT-layout rows, else `PretrainCollator`."""
     common = dict(time_sampling=recipe.time_sampling, loss_weighting=recipe.loss_weighting, seed=recipe.seed,
                   shift_logits=shift_logits)
-    if corpus.chats or not recipe.packing:
+    if _sft_layout(corpus, recipe):
         return SFTCollator(mask_token_id, eos_token_id=eos_token_id, **common)
     return PretrainCollator(mask_token_id, random_length_prob=recipe.random_length_prob, **common)
 
 
 def run_trainer(output_dir, recipe, *, net, tokenizer, train_set, eval_set, collator, checkpoint=None,
-                callbacks=None, disable_tqdm=False, trainer_class=None, results=None):
-    """Train `net` on the stock `transformers.Trainer` (or `trainer_class`), then `finish_run`. Returns the Trainer."""
+                callbacks=None, disable_tqdm=False, trainer_class=None):
+    """Train `net` on the stock `transformers.Trainer` (or `trainer_class`, a subclass) and return the Trainer;
+    `finish_run` then saves the run."""
     from transformers import Trainer
 
     args = training_arguments(output_dir, recipe, has_eval=bool(eval_set), disable_tqdm=disable_tqdm)
@@ -628,6 +634,7 @@ def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, 
     evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
     mean training loss over every logged step of the run, the resumed part and the part before included."""
     output_dir = Path(output_dir)
+    parameters = sum(p.numel() for p in trainer.model.parameters())  # as trained (a LoRA run's include the adapter)
     (save or (lambda folder: trainer.save_model(str(folder))))(output_dir)
     (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -635,7 +642,7 @@ def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, 
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     record = {"recipe": type(recipe).__name__, **recipe.to_dict(), **results,
-              "parameters": sum(p.numel() for p in trainer.model.parameters()),
+              "parameters": parameters,
               "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics}
     (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -663,7 +670,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     from .recipes import TrainRecipe
 
     started = time.time()
-    recipe = (recipe or TrainRecipe()).replace(**fields) if fields else (recipe or TrainRecipe())
+    recipe = TrainRecipe.build(recipe, fields)
     output_dir = Path(output_dir)
     checkpoint = check_output_dir(output_dir, overwrite, resume)
     if recipe.objective not in OBJECTIVES or (recipe.sft and recipe.objective != "diffusion"):
@@ -690,7 +697,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
         tokenizer = train_tokenizer(texts, recipe.train_tokenizer_vocab)
     check_tokenizer(tokenizer, sft=bool(recipe.sft))
     if source is not None:
-        net = IlladaForMaskedDiffusion.from_pretrained(source) if checkpoint else load_model(source)
+        net = load_model(source)  # a checkpoint too: the Auto classes keep its model type (LLaDA, Dream)
         check_model_fits(net, tokenizer, recipe.seq_length)
     else:
         config = read_config_fields(recipe.config)

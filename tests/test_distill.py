@@ -201,23 +201,3 @@ def test_cli_reuses_trajectories_and_reports_bad_input(tmp_path, teacher, corpus
     code = main(base + ["--output", str(tmp_path / "a")])
     assert code == 2 and "not empty" in capsys.readouterr().err
 
-
-def test_shipped_fast_demo_model_decodes_several_tokens_per_forward():
-    from pathlib import Path
-
-    from modeling_illada.demo import DEMO_FILES, demo_model_path, load_demo
-
-    folder = Path(demo_model_path(fast=True))
-    assert {p.name for p in folder.iterdir()} == set(DEMO_FILES) | {"README.md"}  # no code files
-    model, tokenizer = load_demo(fast=True)
-    saved = model.generation_config
-    assert saved.parallel_decoding and saved.cache == "dual" and saved.threshold == 0.9
-    recipe = json.loads((folder / "illada_train.json").read_text())
-    assert recipe["objective"] == "certainty_forcing"
-    ids = tokenizer("You will", return_tensors="pt").input_ids
-    fast = model.generate(ids, max_new_tokens=64, steps=64, return_dict_in_generate=True)  # its saved sampler
-    assert fast.tokens_per_forward > 1.5 and (fast.sequences != tokenizer.mask_token_id).all()
-    teacher, _ = load_demo()
-    slow = teacher.generate(ids, max_new_tokens=64, steps=64, temperature=0.0, cache="dual", parallel_decoding=True,
-                            return_dict_in_generate=True)
-    assert fast.tokens_per_forward > slow.tokens_per_forward

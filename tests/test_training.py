@@ -15,7 +15,6 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, Trai
 from conftest import tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
 from modeling_illada.cli import main
-from modeling_illada.demo import DEMO_FILES, export_demo_model
 from modeling_illada.training import (
     EPS,
     CausalCollator,
@@ -277,17 +276,6 @@ def test_checkpoint_is_hub_native_and_reloads_without_the_package(tmp_path, corp
     got = run_without_package(checkpoint, expected, tmp_path)
     assert got["diff"] < 1e-5 and got["module"].startswith("transformers_modules") and got["generated"] == 8
 
-    # the demo export: no code files, chat template inside tokenizer_config.json, generation knobs applied
-    demo = tmp_path / "demo"
-    export_demo_model(out, target=demo, temperature=0.5)
-    assert sorted(p.name for p in demo.iterdir()) == sorted(DEMO_FILES)
-    assert json.loads((demo / "tokenizer_config.json").read_text())["chat_template"]
-    assert json.loads((demo / "generation_config.json").read_text())["temperature"] == 0.5
-    with torch.no_grad():
-        torch.testing.assert_close(AutoModel.from_pretrained(demo).eval()(ids).logits, expected)
-    with pytest.raises(ValueError, match="overwrite"):
-        export_demo_model(out, target=demo)
-
 
 class StopAt(TrainerCallback):
     def __init__(self, step):
@@ -411,37 +399,3 @@ def test_split_is_deterministic_and_disjoint():
     train_docs, heldout = split_documents(docs, 0.1)
     assert set(heldout) == set(split_documents(list(reversed(docs)), 0.1)[1])  # order-independent
     assert heldout and not set(heldout) & set(train_docs) and len(train_docs) + len(heldout) == len(docs)
-
-
-# --- the shipped demo model -----------------------------------------------------------------------------------
-
-
-def pseudo_nll(model, tokenizer, text: str) -> float:
-    """Mean CE of each token with only that token masked (one row per position)."""
-    x = torch.tensor(tokenizer(text).input_ids)
-    rows = x.repeat(len(x), 1)
-    rows[torch.arange(len(x)), torch.arange(len(x))] = tokenizer.mask_token_id
-    with torch.no_grad():
-        logits = model(rows).logits[torch.arange(len(x)), torch.arange(len(x))]
-    return torch.nn.functional.cross_entropy(logits, x).item()
-
-
-def test_shipped_demo_model_is_complete_and_prefers_english():
-    from pathlib import Path
-
-    from modeling_illada.demo import demo_model_path, load_demo
-
-    folder = Path(demo_model_path())
-    names = {p.name for p in folder.iterdir()}
-    assert set(DEMO_FILES) | {"README.md"} == names  # no code files: the package supplies them
-    assert (folder / "model.safetensors").stat().st_size <= 30 * 2**20
-    model, tokenizer = load_demo()
-    assert tokenizer.mask_token_id == model.config.mask_token_id and tokenizer.chat_template
-    assert model.generation_config.max_new_tokens == 64 and model.generation_config.block_length == 32
-    english = pseudo_nll(model, tokenizer, "The man walked into the room and sat down at the table.")
-    nonsense = pseudo_nll(model, tokenizer, "zq xv plonk wibble frazzle quux snorf glarb.")
-    assert english < 5.0 and english < nonsense - 1.5, (english, nonsense)
-    torch.manual_seed(0)
-    ids = tokenizer("A man", return_tensors="pt").input_ids
-    out = model.generate(ids, max_new_tokens=16, steps=16, block_length=16)
-    assert out.shape == (1, ids.shape[1] + 16) and (out != tokenizer.mask_token_id).all()
