@@ -11,6 +11,8 @@ Differs from transformers' `modeling_llama.py`:
   sampler can cache a prefix (or prefix and suffix) and recompute only the block it is denoising;
 * LLaDA-8B / LLaDA-1.5 checkpoints (OLMo-style keys under `model.transformer.*`) load into the same classes
   through a registered key mapping; RoPE may run in float32 as LLaDA does (`rope_full_precision`);
+* loading is stricter: a checkpoint that lacks backbone weights or has backbone weights the model does not is an
+  error (see `IlladaPreTrainedModel.from_pretrained`).
 
 Like Llama it goes through transformers' machinery: the attention kernel comes from `AttentionInterface`
 (eager, SDPA, flash-attention, flex-attention), masks from `masking_utils.create_bidirectional_mask`, layers are
@@ -32,7 +34,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapters import is_adapter_folder, load_adapter_folder
@@ -46,6 +48,7 @@ from .likelihood import IlladaLikelihoodMixin
 # only the new name). Outputs here use the installed version's name; forwards accept both.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
+logger = logging.get_logger(__name__)
 
 
 class IlladaRMSNorm(nn.Module):
@@ -268,6 +271,11 @@ def _register_llada_key_mapping():
 _register_llada_key_mapping()
 
 
+def _is_head_key(name: str) -> bool:
+    """A weight of the LM head, the one module of `IlladaForMaskedDiffusion` outside the backbone (`IlladaModel`)."""
+    return name.startswith("lm_head.")
+
+
 class IlladaPreTrainedModel(PreTrainedModel):
     config_class = IlladaConfig
     config: IlladaConfig
@@ -293,25 +301,40 @@ class IlladaPreTrainedModel(PreTrainedModel):
             module.inv_freq.copy_(rope_inverse_frequencies(module.config).to(module.inv_freq.device))
 
     @classmethod
-    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint whose keys do not match the model is an error
-        naming the keys (transformers only warns). Pass `strict=False` to get the warning behaviour back.
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained` with one stricter rule: a checkpoint that lacks backbone weights or holds
+        backbone weights the model does not have is an error naming the keys (transformers only warns; weights of the
+        wrong shape are already transformers' own error unless `ignore_mismatched_sizes=True`). What transformers'
+        loading contract allows still loads and is reported (`output_loading_info=True`, transformers' load report):
+
+        * the LM head missing (a backbone checkpoint, saved from `IlladaModel`, loaded into the head class): the head
+          is initialised, listed in `missing_keys` and warned about;
+        * a head checkpoint loaded into `IlladaModel`: `lm_head.weight` is dropped and listed in `unexpected_keys`;
+        * no checkpoint (`from_pretrained(None, config=..., state_dict=...)`): what the state dict lacks is
+          initialised, as transformers does.
+
+        `strict=False` turns the error back into transformers' warning.
 
         A folder written by `illada adapt --save-adapter` (a LoRA adapter and `adapter_base` in its config) is
         followed to its base: the base's weights load, the adapter is merged in (see `adapters.py`)."""
-        if args and args[0] is not None and is_adapter_folder(args[0]):
-            return load_adapter_folder(cls, args[0], **kwargs)
-        if not strict:
-            return super().from_pretrained(*args, **kwargs)
+        if pretrained_model_name_or_path is not None and is_adapter_folder(pretrained_model_name_or_path):
+            return load_adapter_folder(cls, pretrained_model_name_or_path, *args, **kwargs)
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
-            raise ValueError(
-                f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway."
-            )
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if strict and pretrained_model_name_or_path is not None:
+            problems = {kind: sorted(k for k in info.get(kind) or () if not _is_head_key(k))
+                        for kind in ("missing_keys", "unexpected_keys")}
+            problems = {k: v for k, v in problems.items() if v}
+            if problems:
+                details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
+                raise ValueError(
+                    f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway "
+                    "(what is missing is then randomly initialised)."
+                )
+        missing_head = sorted(k for k in info.get("missing_keys") or () if _is_head_key(k))
+        if missing_head:
+            logger.warning(f"{missing_head} not in the checkpoint (a backbone checkpoint?): initialised at random; "
+                           "train the head before generating.")
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):

@@ -156,6 +156,48 @@ def test_flex_attention_matches_sdpa_with_padding(tester):
     torch.testing.assert_close(flex, sdpa, atol=1e-5, rtol=1e-5)
 
 
+# --- loading -----------------------------------------------------------------------------------------------------
+
+
+def test_head_loads_from_a_backbone_checkpoint_with_the_head_reported(tmp_path, tester):
+    config = tester.get_config()  # untied: the head has its own weight
+    backbone = build(IlladaModel, config)
+    backbone.save_pretrained(tmp_path)
+    model, info = IlladaForMaskedDiffusion.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"lm_head.weight"} and not info["unexpected_keys"]
+    torch.testing.assert_close(model.model.embed_tokens.weight, backbone.embed_tokens.weight, rtol=0, atol=0)
+    assert model.lm_head.weight.abs().sum() > 0  # initialised, not left empty
+
+
+def test_backbone_loads_from_a_head_checkpoint_with_the_head_reported(tmp_path, tester):
+    head = build(IlladaForMaskedDiffusion, tester.get_config())
+    head.save_pretrained(tmp_path)
+    model, info = IlladaModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert set(info["unexpected_keys"]) == {"lm_head.weight"} and not info["missing_keys"]
+    torch.testing.assert_close(model.norm.weight, head.model.norm.weight, rtol=0, atol=0)
+
+
+def test_from_pretrained_without_a_checkpoint(tester):
+    config = tester.get_config()
+    for model_class in (IlladaModel, IlladaForMaskedDiffusion):
+        source = build(model_class, config)
+        again = model_class.from_pretrained(None, config=config, state_dict=source.state_dict())
+        assert all(torch.equal(a, b) for a, b in zip(source.parameters(), again.parameters()))
+        empty, info = model_class.from_pretrained(None, config=config, state_dict={}, output_loading_info=True)
+        assert "model.norm.weight" in info["missing_keys"] or "norm.weight" in info["missing_keys"]
+
+
+def test_mismatched_shapes_raise_unless_ignored(tmp_path, tester):
+    build(IlladaForMaskedDiffusion, tester.get_config()).save_pretrained(tmp_path)
+    bigger = tester.get_config(vocab_size=120)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # transformers' own error
+        IlladaForMaskedDiffusion.from_pretrained(tmp_path, config=bigger)
+    model, info = IlladaForMaskedDiffusion.from_pretrained(tmp_path, config=bigger, ignore_mismatched_sizes=True,
+                                                           output_loading_info=True)
+    assert model.model.embed_tokens.weight.shape[0] == 120
+    assert {key for key, *_ in info["mismatched_keys"]} >= {"model.embed_tokens.weight", "lm_head.weight"}
+
+
 # --- tracing -----------------------------------------------------------------------------------------------------
 
 
