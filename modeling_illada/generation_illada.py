@@ -87,7 +87,8 @@ class IlladaGenerationConfig(GenerationConfig):
 
     Args:
         max_new_tokens (`int`, defaults to 128): tokens to generate (`gen_length`). `0` fills only the mask
-            tokens already in the input (infilling).
+            tokens already in the input (infilling). Passed alone to `generate`, it keeps the saved tokens per step
+            and block length where it can (`resized`).
         max_length (`int`, *optional*): prompt plus new tokens; used only when `max_new_tokens` is not given.
         variable_length (`bool`, defaults to `False`): iLLaDA's variable-length generation (`var`): append one
             block of masks at a time, stop after a block that produced EOS or a stop string.
@@ -214,18 +215,39 @@ class IlladaGenerationConfig(GenerationConfig):
     def merged(self, **overrides) -> "IlladaGenerationConfig":
         """A validated copy with `overrides` applied; unknown names raise.
 
-        A `max_new_tokens` override shorter than the stored `block_length` (and no `block_length` override) makes
-        the whole generation one block, so `generate(ids, max_new_tokens=16)` works on a model whose saved config
-        uses blocks of 32; any other disagreement is reported by `validate`."""
+        A `max_new_tokens` override alone keeps the saved schedule's shape, so `generate(ids, max_new_tokens=n)` works
+        whatever the saved `steps` and `block_length` (see `resized`); knobs given with it are used as given."""
         knobs = self.knobs()
         for alias, name in ALIASES.items():
             if alias in overrides:
                 overrides[name] = overrides.pop(alias)
         knobs.update(overrides)
-        length, block = knobs.get("max_new_tokens"), knobs.get("block_length")
-        if "max_new_tokens" in overrides and "block_length" not in overrides and length and block and length < block:
-            knobs["block_length"] = length
+        if overrides.get("max_new_tokens"):
+            knobs.update(self.resized(overrides["max_new_tokens"], keep=set(overrides)))
         return type(self)(**knobs)
+
+    def resized(self, max_new_tokens: int, keep=()) -> dict:
+        """`block_length` and `steps` for generating `max_new_tokens` instead of the saved `max_new_tokens` (those
+        named in `keep` stay as they are):
+
+        * `block_length`: the saved one when it divides the new length; the whole length when that is shorter than
+          a block; otherwise the largest divisor of the new length below the saved block (logged);
+        * `steps`: the saved tokens per step (`max_new_tokens / steps`) kept, rounded up to a multiple of the
+          number of blocks so that every block gets as many steps; `None` (one token per step) stays `None`.
+        """
+        changes, block = {}, self.block_length
+        if "block_length" not in keep and block and max_new_tokens % block:
+            divisor = max(d for d in range(1, block + 1) if max_new_tokens % d == 0)
+            changes["block_length"] = max_new_tokens if max_new_tokens < block else divisor
+            if max_new_tokens > block:
+                logger.warning(f"`block_length` {block} does not divide `max_new_tokens` {max_new_tokens}: using "
+                               f"blocks of {divisor}. Pass `block_length` to choose.")
+            block = changes["block_length"]
+        if "steps" not in keep and self.steps and self.max_new_tokens:
+            blocks = max(max_new_tokens // (block or max_new_tokens), 1)  # (a bad block is validate's to report)
+            steps = max(round(max_new_tokens * self.steps / self.max_new_tokens), 1)
+            changes["steps"] = -(-steps // blocks) * blocks  # up to a multiple of the number of blocks
+        return changes
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "IlladaGenerationConfig":

@@ -373,13 +373,39 @@ def test_model_generation_defaults_load_from_the_folder(tmp_path):
     assert (again.generation_config.steps, again.generation_config.block_length) == (4, 4)
     assert again.generate(torch.randint(4, 64, (1, 3))).shape == (1, 11)
 
-    # a shorter length than the saved block makes one block; a length the block does not divide is still an error
-    assert again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2).shape == (1, 5)
+    # `max_new_tokens` alone works whatever the saved schedule (see the next test); given knobs are used as given
+    assert again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=6).shape == (1, 9)
     assert again.generation_config.block_length == 4  # the model's defaults are untouched
     with pytest.raises(ValueError, match="block_length"):
-        again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=6)
-    with pytest.raises(ValueError, match="block_length"):
         again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2, block_length=4)
+
+
+@pytest.mark.parametrize(
+    "saved,length,expected",
+    [
+        # (saved max_new_tokens, steps, block_length), new length -> (block_length, steps)
+        ((64, 64, 32), 96, (32, 96)),  # the case: 1 token per step kept, 3 blocks of 32
+        ((64, 32, 32), 96, (32, 48)),  # 2 tokens per step kept
+        ((64, 64, 32), 16, (16, 16)),  # shorter than a block: one block
+        ((64, 32, 32), 100, (25, 52)),  # 32 does not divide 100: blocks of 25; 50 steps -> 52, a multiple of 4 blocks
+        ((64, None, 32), 96, (32, None)),  # one token per step stays the default
+        ((8, 4, 4), 6, (3, 4)),  # 3 steps -> 4, a multiple of 2 blocks
+    ],
+)
+def test_max_new_tokens_alone_keeps_the_saved_tokens_per_step(saved, length, expected):
+    max_new_tokens, steps, block_length = saved
+    config = IlladaGenerationConfig(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length)
+    merged = config.merged(max_new_tokens=length)
+    assert (merged.max_new_tokens, merged.block_length, merged.steps) == (length, *expected)
+    assert config.merged(max_new_tokens=length, steps=length).steps == length  # a given knob is kept
+
+
+def test_generate_with_only_max_new_tokens_on_a_saved_schedule():
+    model = tiny_model()
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=64, steps=64, block_length=32, mask_token_id=MASK)
+    out = model.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=96, return_dict_in_generate=True,
+                         eos_early_stop=False)
+    assert out.sequences.shape == (1, 99) and out.num_forward_passes == 96 and not (out.sequences == MASK).any()
 
 
 @pytest.mark.parametrize(
