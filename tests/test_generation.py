@@ -191,6 +191,70 @@ def test_stop_strings_end_variable_length_generation():
     assert out.shape[1] == 6 and out[0, 5] == cat
 
 
+# ----------------------------------------------------------------------------------------------- end of thinking
+
+
+def test_end_think_boost_raises_one_logit_by_boost_times_progress_to_the_power():
+    """iLLaDA's rule on hand-made rows: prompt of 2, budget 4, block = columns 2-5, sequence [7, 8]."""
+    from modeling_illada.generation_illada import boost_end_think
+
+    x = torch.tensor([
+        [20, 21, 7, MASK, MASK, MASK],  # "7" written: the next token is 8, at column 3
+        [20, 21, 9, MASK, MASK, MASK],  # no prefix before column 3: the first token, 7
+        [20, 21, 7, 8, MASK, MASK],  # the sequence is written: no boost
+    ])
+    eligible = (x[:, 2:] == MASK)  # (3, 4)
+    logits = torch.zeros(3, 4, 64)
+    for power, bonus in ((2.0, 2.0), (3.0, 1.0)):  # progress at column 3 = (3 - 2 + 1) / 4 = 0.5; 8 * 0.5 ** power
+        out = boost_end_think(logits, x, eligible, 2, 2, 4, [7, 8], boost=8.0, power=power)
+        expected = torch.zeros_like(logits)
+        expected[0, 1, 8] = expected[1, 1, 7] = bonus
+        torch.testing.assert_close(out, expected)
+    assert logits.abs().sum() == 0  # the caller's logits are untouched
+
+
+def test_end_think_boost_closes_the_trace_in_generate():
+    model = FakeDenoiser(*rising())  # would write 12 13 14 15
+    prompt = torch.tensor([[20, 21]])
+    plain = model.generate(prompt, max_new_tokens=4, steps=4)
+    boosted = model.generate(prompt, max_new_tokens=4, steps=4, end_think_token_ids=[7, 8], end_think_logit_boost=100.0,
+                             end_think_boost_power=1.0)
+    assert plain.tolist() == [[20, 21, 12, 13, 14, 15]]
+    # step 1: +25 on 7 at column 2; step 2: +50 on 8 at column 3 (continuing "7"); then written, no more boost
+    assert boosted.tolist() == [[20, 21, 7, 8, 14, 15]]
+
+
+def test_end_think_boost_in_variable_length_generation_counts_the_whole_budget():
+    model = FakeDenoiser(*rising())
+    prompt = torch.tensor([[20, 21]])
+    knobs = dict(max_new_tokens=8, steps=8, block_length=4, variable_length=True, end_think_token_ids=[7],
+                 end_think_boost_power=1.0)
+    # at column 2 the progress is 1/8 of the budget (not 1/4 of a block): a boost of 8 adds 1.0 to token 7, below
+    # the denoiser's 1.2 there; a boost of 16 adds 2.0 and wins
+    assert model.generate(prompt, end_think_logit_boost=8.0, **knobs)[0, 2] == 12
+    assert model.generate(prompt, end_think_logit_boost=16.0, **knobs)[0, 2] == 7
+
+
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        (dict(end_think_logit_boost=100.0), "end_think_token_ids"),
+        (dict(end_think_logit_boost=-1.0, end_think_token_ids=[7]), "end_think_logit_boost"),
+        (dict(end_think_boost_power="3", end_think_token_ids=[7]), "end_think_boost_power"),
+        (dict(end_think_token_ids=[]), "end_think_token_ids"),
+    ],
+)
+def test_bad_end_think_knobs_name_the_parameter(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        IlladaGenerationConfig(**knobs)
+
+
+def test_end_think_ids_beyond_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"end_think_token_ids.*vocab_size=64"):
+        tiny_model().generate(torch.tensor([[20, 21]]), max_new_tokens=4, end_think_token_ids=[64],
+                              end_think_logit_boost=1.0)
+
+
 # ----------------------------------------------------------------------------------------------- batching
 
 
