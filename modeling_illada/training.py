@@ -229,6 +229,7 @@ class CausalCollator:
 # Plain-text objectives (SFT is always diffusion). `train()` picks the collator from the objective and the layout:
 # diffusion -> PretrainCollator (packed) or SFTCollator (padded, an empty prompt); autoregressive -> CausalCollator.
 OBJECTIVES = ("diffusion", "autoregressive")
+PRECISIONS = ("float32", "bfloat16", "float16")  # the Trainer's default, bf16 and fp16 mixed precision
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tokenizer
@@ -507,6 +508,9 @@ def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool
         eval_strategy="steps" if has_eval else "no", eval_steps=recipe.eval_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, seed=recipe.seed, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
+        bf16=recipe.precision == "bfloat16", fp16=recipe.precision == "float16",
+        # the Trainer runs bf16 on a CPU only when told to use the CPU
+        use_cpu=recipe.precision == "bfloat16" and not torch.accelerator.is_available(),
     )
 
 
@@ -627,6 +631,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     from transformers import AutoTokenizer
 
     from .modeling_illada import IlladaForMaskedDiffusion
+    from .presets import check_memory
     from .recipes import TrainRecipe
 
     started = time.time()
@@ -664,6 +669,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
         if isinstance(config, str):
             config = json.loads(config if config.lstrip().startswith("{") else Path(config).read_text())
         cfg, generation = model_config(tokenizer, recipe.seq_length, recipe.preset, config)
+        check_memory(cfg, torch.float32, "cpu", what=f"Preset {recipe.preset!r}" if recipe.preset else "The model")
         torch.manual_seed(recipe.seed)
         net = IlladaForMaskedDiffusion(cfg)
         net.generation_config = generation

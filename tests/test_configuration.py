@@ -119,3 +119,13 @@ def test_unsupported_llada_variants_are_refused():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="tiny-random"):
         load_preset("no-such-model")
+
+
+def test_a_preset_that_does_not_fit_is_refused_before_allocating(monkeypatch):
+    from modeling_illada import presets
+
+    monkeypatch.setattr(presets, "available_memory", lambda device: 4 * presets.GIB)
+    with pytest.raises(ValueError, match=r"'illada-8b-base' needs 14\.2 GiB for its bfloat16 weights.*4\.0 GiB free"):
+        presets.build_model("illada-8b-base", dtype=torch.bfloat16)
+    model, generation = presets.build_model("tiny-random", dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and not model.training and generation.block_length == 8

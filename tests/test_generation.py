@@ -191,6 +191,15 @@ def test_stop_strings_end_variable_length_generation():
     assert out.shape[1] == 6 and out[0, 5] == cat
 
 
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_bfloat16_generation_runs_on_cpu(cache):
+    model = tiny_model().to(torch.bfloat16)
+    prompt = torch.randint(4, 64, (2, 5))
+    out = model.generate(prompt, attention_mask=torch.tensor([[1] * 5, [0, 0, 1, 1, 1]]), max_new_tokens=8, steps=8,
+                         block_length=4, cache=cache, eos_early_stop=False)
+    assert out.shape == (2, 13) and not (out[:, 5:] == MASK).any() and torch.equal(out[:, :5], prompt)
+
+
 # ----------------------------------------------------------------------------------------------- end of thinking
 
 

@@ -228,3 +228,31 @@ def test_unexpected_and_missing_keys_are_named(tmp_path, model):
         AutoModel.from_pretrained(tmp_path / "ok")  # a backbone weight missing: an error, with the way out
     model, info = AutoModel.from_pretrained(tmp_path / "ok", strict=False, output_loading_info=True)
     assert set(info["missing_keys"]) == {"model.layers.1.mlp.up_proj.weight"}
+
+
+def test_device_map_auto_places_an_8b_preset_layer_by_layer():
+    """The placement `from_pretrained(device_map="auto")` computes, for iLLaDA-8B in bfloat16 on a 6 GiB device and
+    the CPU (the meta device holds the weights: nothing is allocated): decoder layers are never split, the tied
+    embedding and head share a device, and layers fill the device in order before spilling to the CPU."""
+    from accelerate import infer_auto_device_map
+
+    from modeling_illada import load_preset
+
+    config, _ = load_preset("illada-8b-base")
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, dtype=torch.bfloat16)
+    placement = infer_auto_device_map(model, max_memory={0: "6GiB", "cpu": "60GiB"}, dtype=torch.bfloat16,
+                                      no_split_module_classes=model._no_split_modules)
+    layers = [placement[f"model.layers.{i}"] for i in range(config.num_hidden_layers)]  # whole layers only
+    assert not any(name.startswith("model.layers.") and name.count(".") > 2 for name in placement)
+    assert placement["model.embed_tokens"] == placement["lm_head"] == 0
+    assert 0 < layers.count(0) < config.num_hidden_layers and layers == sorted(layers, key=lambda d: d == "cpu")
+
+
+def test_device_map_auto_with_offload_gives_the_same_logits(tmp_path, model):
+    model.save_pretrained(tmp_path / "saved")
+    offloaded = AutoModel.from_pretrained(tmp_path / "saved", device_map="auto", max_memory={"cpu": "60KB"},
+                                          offload_folder=tmp_path / "offload")
+    assert "disk" in offloaded.hf_device_map.values()  # most of it does not fit the 60 KB allowed
+    ids = torch.randint(4, 64, (2, 7))
+    torch.testing.assert_close(logits(offloaded, ids), logits(model, ids), rtol=0, atol=0)
