@@ -7,7 +7,10 @@ The masked-diffusion objective is split so that nothing in the Trainer needs for
   elsewhere) and `loss_weights` (1 / p already divided by the normaliser);
 * the model's `forward` turns these into `sum(CE * loss_weights)` (`diffusion.masked_diffusion_loss`).
 
-So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model. Differences from LLaDA's
+So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model: under `accelerate launch` each
+process trains on its share of every batch (`batch_size` is per process) and one process writes the folder. Each
+process draws the masking noise of its own share, so a data-parallel run matches a one-process run at the same global
+batch in distribution, not bit for bit (the autoregressive objective, which has no noise, matches exactly). Differences from LLaDA's
 published recipe (GUIDELINES.md) are options, not changes: t may be stratified across the batch (MDLM's
 low-discrepancy sampler, the default), the whole batch is cut to a random length with probability
 `random_length_prob` (LLaDA: 1%), `loss_weighting="uniform"` drops the 1/p weights (dLLM's "uniform"), and
@@ -509,8 +512,8 @@ def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, seed=recipe.seed, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm,
         bf16=recipe.precision == "bfloat16", fp16=recipe.precision == "float16",
-        # the Trainer runs bf16 on a CPU only when told to use the CPU
-        use_cpu=recipe.precision == "bfloat16" and not torch.accelerator.is_available(),
+        # without an accelerator, say so: bf16 then runs on the CPU, and `accelerate launch` processes join over gloo
+        use_cpu=not torch.accelerator.is_available(),
     )
 
 
@@ -595,12 +598,17 @@ def run_trainer(output_dir, recipe, *, net, tokenizer, train_set, eval_set, coll
 
 
 def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, save=None, **results) -> dict:
-    """Save the final Hub-native folder (`save(output_dir)`, default `trainer.save_model`), drop the Trainer's pickle,
-    evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
+    """Save the final Hub-native folder (`save(output_dir)` on the main process, default `trainer.save_model`), drop
+    the Trainer's pickle, evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
     mean training loss over every logged step of the run, the resumed part and the part before included."""
     output_dir = Path(output_dir)
-    (save or (lambda folder: trainer.save_model(str(folder))))(output_dir)
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
+    main = trainer.is_world_process_zero()  # data parallel: one process writes the folder
+    if save is None:
+        trainer.save_model(str(output_dir))  # every process takes part (FSDP / DeepSpeed gather the weights); one writes
+    elif main:
+        save(output_dir)
+    if main:
+        (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {"train_loss": sum(losses) / len(losses) if losses else None, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
@@ -608,7 +616,9 @@ def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, 
     record = {"recipe": type(recipe).__name__, **recipe.to_dict(), **results,
               "parameters": sum(p.numel() for p in trainer.model.parameters()),
               "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics}
-    (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if main:
+        (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()  # no process returns before the folder is complete
     return record
 
 
