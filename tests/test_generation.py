@@ -416,6 +416,14 @@ def test_diffusion_generate_reads_an_unshifted_model_in_place():
         model.diffusion_generate(prompt, alg="nope")
 
 
+def test_text_diffusion_streamer_takes_one_row():
+    """transformers' `TextDiffusionStreamer` streams batch 1; a batch is its own clear error, before any step."""
+    model = FakeDenoiser(*rising())
+    with pytest.raises(ValueError, match="batch size 1"):
+        model.generate(torch.tensor([[20, 21], [22, 23]]), max_new_tokens=4, streamer=TextDiffusionStreamer(word_tokenizer()))
+    assert not model.calls
+
+
 # ----------------------------------------------------------------------------------------------- config
 
 

@@ -256,3 +256,35 @@ def test_device_map_auto_with_offload_gives_the_same_logits(tmp_path, model):
     assert "disk" in offloaded.hf_device_map.values()  # most of it does not fit the 60 KB allowed
     ids = torch.randint(4, 64, (2, 7))
     torch.testing.assert_close(logits(offloaded, ids), logits(model, ids), rtol=0, atol=0)
+
+
+TOKENIZER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["modeling_illada"] = None  # a user of transformers alone
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=False)
+    print(type(tokenizer).__name__, tokenizer.mask_token)
+    """
+)
+
+
+def test_tokenizer_is_saved_beside_the_model_and_loads_without_a_remote_code_prompt(tmp_path, model, monkeypatch):
+    """`save_pretrained` of the model writes no tokenizer (a second call does). The folder's config names our code
+    (auto_map), which `AutoTokenizer` reads first: with the package imported nothing prompts; without it,
+    `trust_remote_code=False` loads the tokenizer (it needs no code) instead of a 15 s "run custom code?" prompt."""
+    from transformers import AutoTokenizer
+
+    from fake_denoiser import word_tokenizer
+
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    assert not any(name.startswith(("tokenizer", "special_tokens")) for name in os.listdir(folder))
+    word_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("prompted to run custom code"))
+    assert AutoTokenizer.from_pretrained(folder).mask_token == "<mask>"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", TOKENIZER_SCRIPT, str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "<mask>" and "Do you wish to run the custom code" not in result.stdout
