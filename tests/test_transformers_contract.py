@@ -144,6 +144,27 @@ def test_flash_attention_2_missing_is_transformers_own_error(tmp_path, tester):
         IlladaForMaskedDiffusion.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
 
 
+def test_masks_flash_attention_cannot_take_are_clear_errors(tester):
+    """flash-attention takes a 2-D padding mask over as many keys as queries: a 4-D mask, or a cached step of a
+    padded batch, is refused by name before any kernel runs (the kernel itself is not needed to check this)."""
+    config, inputs = tester.prepare_config_and_inputs_for_common()
+    model = build(IlladaForMaskedDiffusion, config)
+    model.config._attn_implementation = "flash_attention_2"  # as if installed: the refusals come first
+    four_d = torch.ones(tester.batch_size, 1, tester.seq_length, tester.seq_length, dtype=torch.bool)
+    with pytest.raises(ValueError, match="2-D padding mask only"):
+        model(inputs["input_ids"], attention_mask=four_d)
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        model(inputs["input_ids"][:, :4], attention_mask=inputs["attention_mask"][:, :4], cache=cache)
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="use 'sdpa' for cached generation"):
+        model(inputs["input_ids"][:, 4:], attention_mask=inputs["attention_mask"], cache=cache,
+              position_ids=torch.arange(4, 7)[None].expand(tester.batch_size, -1))
+
+
 @pytest.mark.slow
 def test_flex_attention_matches_sdpa_with_padding(tester):
     """flex-attention runs on CPU (compiled by torch, about 20 s here): a padded batch gives SDPA's logits."""
