@@ -165,19 +165,25 @@ def load_demo(path: str | None = None, fast: bool = False):
     return (AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)), None
 
 
-def autoregressive_twin(config: IlladaConfig):
-    """A causal Llama with the diffusion model's dimensions (random weights)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def twin_config(config: IlladaConfig):
+    """The `LlamaConfig` of a causal Llama with the diffusion model's dimensions."""
+    from transformers import LlamaConfig
 
-    twin = LlamaConfig(
+    return LlamaConfig(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads, max_position_embeddings=config.max_position_embeddings,
         rope_theta=getattr(config, "rope_theta", 10000.0), tie_word_embeddings=config.tie_word_embeddings,
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
     )
+
+
+def autoregressive_twin(config: IlladaConfig):
+    """A causal Llama with the diffusion model's dimensions (random weights)."""
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(0)
-    return LlamaForCausalLM(twin).eval()
+    return LlamaForCausalLM(twin_config(config)).eval()
 
 
 # ----------------------------------------------------------------------------------------------- runs

@@ -11,6 +11,10 @@ which output predicts which token. It differs from `LlamaConfig` in four ways:
   mask id 5), LLaDA's OLMo-style `config.json` (`d_model`, `n_layers`, ...) and Dream's Qwen2-style one;
 * decoding knobs never live here: they belong to `IlladaGenerationConfig`.
 
+Like every transformers config it keeps keys it does not know as attributes (saved and reloaded), so a config.json
+with extra fields loads; only values the model cannot reproduce (RoPE scaling, LLaDA's LayerNorm / ALiBi / MoE
+variants) are refused.
+
 `LladaConfig` and `DreamConfig` are the same class under `model_type = "llada"` and `"Dream"`, so that LLaDA-8B /
 LLaDA-1.5 and Dream-7B folders load through the Auto classes and are saved back under their own model type.
 """
@@ -167,8 +171,6 @@ class IlladaConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}`={value!r} is not supported: iLLaDA and LLaDA use plain RoPE (rope_type 'default').")
             if value is not None and "rope_theta" in value:
                 rope_theta = value["rope_theta"]
-        if kwargs.pop("layer_norm_eps", None) is not None:
-            raise ValueError("`layer_norm_eps` is set: LayerNorm variants are not supported, only RMSNorm (`rms_norm_eps`).")
 
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size

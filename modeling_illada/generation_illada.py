@@ -67,6 +67,10 @@ def _defaults() -> dict:
         "stop_strings": None,
         "logits_eos_inf": False,
         "confidence_eos_eot_inf": False,
+        # iLLaDA's end-of-thinking control (off unless a boost and the tokens are given)
+        "end_think_token_ids": None,
+        "end_think_logit_boost": 0.0,
+        "end_think_boost_power": 2.0,
         # outputs
         "return_dict_in_generate": False,
         "output_history": False,
@@ -87,7 +91,8 @@ class IlladaGenerationConfig(GenerationConfig):
 
     Args:
         max_new_tokens (`int`, defaults to 128): tokens to generate (`gen_length`). `0` fills only the mask
-            tokens already in the input (infilling).
+            tokens already in the input (infilling). Passed alone to `generate`, it keeps the saved tokens per step
+            and block length where it can (`resized`).
         max_length (`int`, *optional*): prompt plus new tokens; used only when `max_new_tokens` is not given.
         variable_length (`bool`, defaults to `False`): iLLaDA's variable-length generation (`var`): append one
             block of masks at a time, stop after a block that produced EOS or a stop string.
@@ -121,6 +126,17 @@ class IlladaGenerationConfig(GenerationConfig):
         logits_eos_inf (`bool`): forbid EOS as a candidate (LLaDA's option).
         confidence_eos_eot_inf (`bool`): rank EOS/EOT candidates last, so they are committed only when nothing
             else is left in the block (LLaDA's option, as intended upstream).
+        end_think_token_ids (`list[int]`, *optional*): the tokens that close a reasoning trace, e.g.
+            `tokenizer.encode("</think>", add_special_tokens=False)` (iLLaDA Instruct's `end_think_text`).
+        end_think_logit_boost (`float`, defaults to 0.0): iLLaDA's end-of-thinking control, so that long reasoning
+            closes instead of looping. Until a row's generated tokens contain `end_think_token_ids`, each step adds
+            `end_think_logit_boost * progress ** end_think_boost_power` to one logit: at the first still-masked
+            position of the block, for the next token of the sequence (the one after the longest prefix of it that
+            ends just before that position, else its first token). `progress` = that position's share of the whole
+            budget, (column - prompt length + 1) / `max_new_tokens`, clipped to [0, 1]; with `variable_length` too.
+            0 turns it off (iLLaDA's default; its reasoning evaluations use 100).
+        end_think_boost_power (`float`, defaults to 2.0): how late the boost grows (iLLaDA's default 2; its
+            reasoning evaluations use 3, and 1 for HumanEval).
         return_dict_in_generate (`bool`): return an `IlladaGenerationOutput` instead of the sequences.
         output_history (`bool`): keep the canvas after every step in the output.
     """
@@ -183,6 +199,20 @@ class IlladaGenerationConfig(GenerationConfig):
             raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]
+        for name in ("end_think_logit_boost", "end_think_boost_power"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+        if isinstance(self.end_think_token_ids, int) and not isinstance(self.end_think_token_ids, bool):
+            self.end_think_token_ids = [self.end_think_token_ids]
+        ids = self.end_think_token_ids
+        if ids is not None and (not isinstance(ids, (list, tuple)) or not ids
+                                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+            raise ValueError(f"`end_think_token_ids` must be a non-empty list of token ids (e.g. "
+                             f"`tokenizer.encode('</think>', add_special_tokens=False)`), got {ids!r}.")
+        if self.end_think_logit_boost > 0 and not ids:
+            raise ValueError("`end_think_logit_boost` is set but `end_think_token_ids` is not: pass the ids of the "
+                             "end-of-thinking text, e.g. `tokenizer.encode('</think>', add_special_tokens=False)`.")
         if self.max_new_tokens and self.block_length and self.max_new_tokens % self.block_length:
             raise ValueError(
                 f"`block_length` ({self.block_length}) must divide `max_new_tokens` ({self.max_new_tokens}): "
@@ -214,18 +244,39 @@ class IlladaGenerationConfig(GenerationConfig):
     def merged(self, **overrides) -> "IlladaGenerationConfig":
         """A validated copy with `overrides` applied; unknown names raise.
 
-        A `max_new_tokens` override shorter than the stored `block_length` (and no `block_length` override) makes
-        the whole generation one block, so `generate(ids, max_new_tokens=16)` works on a model whose saved config
-        uses blocks of 32; any other disagreement is reported by `validate`."""
+        A `max_new_tokens` override alone keeps the saved schedule's shape, so `generate(ids, max_new_tokens=n)` works
+        whatever the saved `steps` and `block_length` (see `resized`); knobs given with it are used as given."""
         knobs = self.knobs()
         for alias, name in ALIASES.items():
             if alias in overrides:
                 overrides[name] = overrides.pop(alias)
         knobs.update(overrides)
-        length, block = knobs.get("max_new_tokens"), knobs.get("block_length")
-        if "max_new_tokens" in overrides and "block_length" not in overrides and length and block and length < block:
-            knobs["block_length"] = length
+        if overrides.get("max_new_tokens"):
+            knobs.update(self.resized(overrides["max_new_tokens"], keep=set(overrides)))
         return type(self)(**knobs)
+
+    def resized(self, max_new_tokens: int, keep=()) -> dict:
+        """`block_length` and `steps` for generating `max_new_tokens` instead of the saved `max_new_tokens` (those
+        named in `keep` stay as they are):
+
+        * `block_length`: the saved one when it divides the new length; the whole length when that is shorter than
+          a block; otherwise the largest divisor of the new length below the saved block (logged);
+        * `steps`: the saved tokens per step (`max_new_tokens / steps`) kept, rounded up to a multiple of the
+          number of blocks so that every block gets as many steps; `None` (one token per step) stays `None`.
+        """
+        changes, block = {}, self.block_length
+        if "block_length" not in keep and block and max_new_tokens % block:
+            divisor = max(d for d in range(1, block + 1) if max_new_tokens % d == 0)
+            changes["block_length"] = max_new_tokens if max_new_tokens < block else divisor
+            if max_new_tokens > block:
+                logger.warning(f"`block_length` {block} does not divide `max_new_tokens` {max_new_tokens}: using "
+                               f"blocks of {divisor}. Pass `block_length` to choose.")
+            block = changes["block_length"]
+        if "steps" not in keep and self.steps and self.max_new_tokens:
+            blocks = max(max_new_tokens // (block or max_new_tokens), 1)  # (a bad block is validate's to report)
+            steps = max(round(max_new_tokens * self.steps / self.max_new_tokens), 1)
+            changes["steps"] = -(-steps // blocks) * blocks  # up to a multiple of the number of blocks
+        return changes
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> "IlladaGenerationConfig":
@@ -336,6 +387,34 @@ def sample_candidates(
     return (logits - temperature * torch.log(-torch.log(noise))).argmax(dim=-1)
 
 
+def boost_end_think(logits, x, eligible, block_start: int, prompt_length: int, budget: int, token_ids,
+                    boost: float, power: float) -> torch.Tensor:
+    """iLLaDA's end-of-thinking control (see `IlladaGenerationConfig.end_think_logit_boost`): `logits` `(B, Lb, V)`
+    of the block `[block_start, block_start + Lb)` of canvas `x` `(B, L)`, with `eligible` `(B, Lb)` its masked
+    positions. Returns the logits with one entry raised in each row that has not yet written `token_ids`."""
+    sequence = torch.tensor(token_ids, device=x.device)  # (n,)
+    n, batch = len(token_ids), x.shape[0]
+    generated = x[:, prompt_length:]  # (B, G)
+    written = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    if generated.shape[1] >= n:
+        written = (generated.unfold(1, n, 1) == sequence).all(-1).any(-1)  # (B,) the sequence already appears
+    active = eligible.any(-1) & ~written  # (B,)
+    first = eligible.int().argmax(-1)  # (B,) first masked position of the block
+    column = block_start + first  # (B,)
+    token = sequence[0].expand(batch).clone()  # (B,) the next token of the sequence
+    matched = torch.zeros(batch, dtype=torch.bool, device=x.device)
+    for k in range(n - 1, 0, -1):  # the longest prefix of the sequence that ends just before the column wins
+        before = x.gather(1, (column[:, None] + torch.arange(-k, 0, device=x.device)).clamp(min=0))  # (B, k)
+        fits = (column - prompt_length >= k) & (before == sequence[:k]).all(-1) & ~matched
+        token = torch.where(fits, sequence[k], token)
+        matched |= fits
+    progress = ((column - prompt_length + 1).double() / budget).clamp(0, 1)  # (B,)
+    rows = active.nonzero().squeeze(-1)
+    logits = logits.clone()
+    logits[rows, first[rows], token[rows]] += (boost * progress[rows] ** power).to(logits.dtype)
+    return logits
+
+
 def _check_shifted_prompt(attention_mask: torch.Tensor, holes: torch.Tensor) -> None:
     """A shifted model predicts column j from output j - 1, so each row's first real token must be given: a row
     with no prompt token, or whose first token is a hole, has nothing to predict it from."""
@@ -383,7 +462,8 @@ class IlladaGenerationMixin:
             a. Spread the block's masks over its steps with the schedule.
             b. For each step (a step whose schedule reveals nothing in any row is skipped: no forward):
                 i.   Forward the canvas (conditional and, with CFG, unconditional) for the block's logits.
-                ii.  Shape logits (EOS ban), sample candidates x0 (Gumbel-max in float64).
+                ii.  Shape logits (end-of-thinking boost, EOS ban), sample candidates x0 (Gumbel-max in
+                     float64).
                 iii. Score candidates with the remasking strategy; rank EOS/EOT last if asked.
                 iv.  Reveal the best `counts[step]` masked positions of the block (or all above `threshold`).
                 v.   Report: history, streamer draft, `on_step(DenoisingStep)`.
@@ -424,6 +504,9 @@ class IlladaGenerationMixin:
         end_ids = eos_ids + _as_id_list(config.eot_token_id)
         if config.stop_strings and tokenizer is None:
             raise ValueError("`stop_strings` needs the tokenizer: pass `tokenizer=` to `generate`.")
+        if config.end_think_logit_boost > 0 and max(config.end_think_token_ids) >= self.config.vocab_size:
+            raise ValueError(f"`end_think_token_ids` {config.end_think_token_ids} must lie in [0, vocab_size="
+                             f"{self.config.vocab_size}).")
 
         # 2. Lay out the canvas
         if inputs.dim() == 1:
@@ -526,6 +609,10 @@ class IlladaGenerationMixin:
                 logits = cache.logits(guided_x, guided_mask, guided_positions, block_start, block_end, block_step)
                 logits = guidance.combine(logits)  # (B, Lb, V)
                 # 3.b.ii. shape and sample
+                if config.end_think_logit_boost > 0:
+                    logits = boost_end_think(logits, x, eligible, block_start, prompt_len, new_tokens,
+                                             config.end_think_token_ids, config.end_think_logit_boost,
+                                             config.end_think_boost_power)
                 if config.logits_eos_inf and eos_ids:
                     logits[..., eos_ids] = -torch.inf
                 x0 = sample_candidates(logits, config.temperature, config.top_k, config.top_p, generator, mask_id)  # (B, Lb)

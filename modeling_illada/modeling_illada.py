@@ -10,7 +10,15 @@ Differs from transformers' `modeling_llama.py`:
 * a key/value cache is optional and positional: callers pass `position_ids` for the rows they feed, so a
   sampler can cache a prefix (or prefix and suffix) and recompute only the block it is denoising;
 * LLaDA-8B / LLaDA-1.5 checkpoints (OLMo-style keys under `model.transformer.*`) load into the same classes
-  through a registered key mapping; RoPE may run in float32 as LLaDA does (`rope_full_precision`).
+  through a registered key mapping; RoPE may run in float32 as LLaDA does (`rope_full_precision`);
+* loading is stricter: a checkpoint that lacks backbone weights or has backbone weights the model does not is an
+  error (see `IlladaPreTrainedModel.from_pretrained`).
+
+Like Llama it goes through transformers' machinery: the attention kernel comes from `AttentionInterface`
+(eager, SDPA, flash-attention, flex-attention), masks from `masking_utils.create_bidirectional_mask`, layers are
+`GradientCheckpointingLayer`s, and `output_attentions` / `output_hidden_states` are recorded by `capture_outputs`.
+No branch of the forward reads tensor values (the position check is skipped while tracing), so
+`torch.compile(fullgraph=True)` and `torch.export` trace it.
 
 Read bottom-up: RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
 """
@@ -22,9 +30,12 @@ from torch import nn
 
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils.output_capturing import capture_outputs
 
 from .adapters import adapter_folder, load_adapter_folder
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
@@ -36,6 +47,8 @@ from .likelihood import IlladaLikelihoodMixin
 # transformers 5.24 renamed the cache of model outputs and forwards from `past_key_values` to `cache` (outputs take
 # only the new name). Outputs here use the installed version's name; forwards accept both.
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+logger = logging.get_logger(__name__)
 
 
 class IlladaRMSNorm(nn.Module):
@@ -136,9 +149,10 @@ def eager_attention_forward(
 class IlladaAttention(nn.Module):
     """Multi-head attention with grouped KV heads, RoPE and no causal mask.
 
-    With `past_key_values` (any object with transformers' `Cache.update(k, v, layer_idx)` contract) the new
-    keys/values are handed to the cache, which returns the full key/value tensors to attend to: a prefix cache
-    concatenates, a dual cache writes them in place. Positions always come from `position_ids`.
+    With a `cache` (any object with transformers' `Cache.update(k, v, layer_idx)` contract) the new keys/values are
+    handed to the cache, which returns the full key/value tensors to attend to: a prefix cache concatenates, a dual
+    cache writes them in place. Positions always come from `position_ids`. The kernel is the one
+    `config._attn_implementation` names in `AttentionInterface`, `eager_attention_forward` by default.
     """
 
     def __init__(self, config: IlladaConfig, layer_idx: int):
@@ -149,7 +163,7 @@ class IlladaAttention(nn.Module):
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
-        self.is_causal = False  # the one switch that makes this a diffusion LM; SDPA reads it
+        self.is_causal = False  # the one switch that makes this a diffusion LM; SDPA and flash-attention read it
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
@@ -161,7 +175,7 @@ class IlladaAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
@@ -172,13 +186,11 @@ class IlladaAttention(nn.Module):
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin, getattr(self.config, "rope_full_precision", False))
 
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, H_kv, K, D)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, H_kv, K, D)
 
-        attention_fn = eager_attention_forward
-        if self.config._attn_implementation not in (None, "eager"):
-            attention_fn = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        output, weights = attention_fn(
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention_interface(
             self,
             query,
             key,
@@ -207,7 +219,7 @@ class IlladaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class IlladaDecoderLayer(nn.Module):
+class IlladaDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: IlladaConfig, layer_idx: int):
         super().__init__()
         self.self_attn = IlladaAttention(config, layer_idx)
@@ -215,11 +227,11 @@ class IlladaDecoderLayer(nn.Module):
         self.input_layernorm = IlladaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = IlladaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         # Self Attention
         residual = hidden_states
         hidden_states, _ = self.self_attn(
-            self.input_layernorm(hidden_states), position_embeddings, attention_mask, past_key_values, **kwargs
+            self.input_layernorm(hidden_states), position_embeddings, attention_mask=attention_mask, cache=cache, **kwargs
         )
         hidden_states = residual + hidden_states
         # Fully Connected
@@ -259,6 +271,11 @@ def _register_llada_key_mapping():
 _register_llada_key_mapping()
 
 
+def _is_head_key(name: str) -> bool:
+    """A weight of the LM head, the one module of `IlladaForMaskedDiffusion` outside the backbone (`IlladaModel`)."""
+    return name.startswith("lm_head.")
+
+
 class IlladaPreTrainedModel(PreTrainedModel):
     config_class = IlladaConfig
     config: IlladaConfig
@@ -267,9 +284,11 @@ class IlladaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["IlladaDecoderLayer"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
+    _supports_flash_attn = True  # non-causal (module.is_causal is False); a 2-D padding mask, no 4-D masks
+    _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": IlladaDecoderLayer, "attentions": IlladaAttention}
     # forward takes **kwargs but its loss is already a per-batch mean: the Trainer must still divide it by the
     # gradient-accumulation steps, which it skips for models that "accept loss kwargs"
     accepts_loss_kwargs = False
@@ -282,26 +301,43 @@ class IlladaPreTrainedModel(PreTrainedModel):
             module.inv_freq.copy_(rope_inverse_frequencies(module.config).to(module.inv_freq.device))
 
     @classmethod
-    def from_pretrained(cls, *args, strict: bool = True, **kwargs):
-        """`PreTrainedModel.from_pretrained`, but a checkpoint whose keys do not match the model is an error
-        naming the keys (transformers only warns). Pass `strict=False` to get the warning behaviour back.
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, strict: bool = True, **kwargs):
+        """`PreTrainedModel.from_pretrained` with one stricter rule: a checkpoint that lacks backbone weights or holds
+        backbone weights the model does not have is an error naming the keys (transformers only warns; weights of the
+        wrong shape are already transformers' own error unless `ignore_mismatched_sizes=True`). What transformers'
+        loading contract allows still loads and is reported (`output_loading_info=True`, transformers' load report):
+
+        * the LM head missing (a backbone checkpoint, saved from `IlladaModel`, loaded into the head class): the head
+          is initialised, listed in `missing_keys` and warned about;
+        * a head checkpoint loaded into `IlladaModel`: `lm_head.weight` is dropped and listed in `unexpected_keys`;
+        * no checkpoint (`from_pretrained(None, config=..., state_dict=...)`): what the state dict lacks is
+          initialised, as transformers does.
+
+        `strict=False` turns the error back into transformers' warning.
 
         A folder written by `illada adapt --save-adapter` (a LoRA adapter and `adapter_base` in its config) is
         followed to its base: the base's weights load, the adapter is merged in (see `adapters.py`)."""
-        folder = adapter_folder(args[0]) if args and args[0] is not None else None
+        folder = adapter_folder(pretrained_model_name_or_path) if pretrained_model_name_or_path is not None else None
         if folder is not None:
+            if args:
+                raise ValueError("An adapter folder takes keyword options only (`dtype=`, `device_map=`, ...).")
             return load_adapter_folder(cls, folder, **kwargs)
-        if not strict:
-            return super().from_pretrained(*args, **kwargs)
         wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
-            raise ValueError(
-                f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway."
-            )
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if strict and pretrained_model_name_or_path is not None:
+            problems = {kind: sorted(k for k in info.get(kind) or () if not _is_head_key(k))
+                        for kind in ("missing_keys", "unexpected_keys")}
+            problems = {k: v for k, v in problems.items() if v}
+            if problems:
+                details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
+                raise ValueError(
+                    f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway "
+                    "(what is missing is then randomly initialised)."
+                )
+        missing_head = sorted(k for k in info.get("missing_keys") or () if _is_head_key(k))
+        if missing_head:
+            logger.warning(f"{missing_head} not in the checkpoint (a backbone checkpoint?): initialised at random; "
+                           "train the head before generating.")
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
@@ -319,19 +355,26 @@ class IlladaPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
 
-def _prepare_attention_mask(attention_mask, batch: int, q_len: int, kv_len: int, dtype: torch.dtype):
-    """Validate a 2-D padding mask `(B, K)` or a 4-D mask `(B|1, 1|H, Q, K)` and return what attention takes:
-    `None` when nothing is masked, else a bool `(B, 1, Q|1, K)` (True = attend) or the 4-D float mask as given."""
+def _prepare_attention_mask(config, attention_mask, inputs_embeds: torch.Tensor, kv_len: int):
+    """Validate a 2-D padding mask `(B, K)` or a 4-D mask `(B|1, 1|H, Q, K)` and return what the configured attention
+    implementation takes. A 2-D mask goes through transformers' `create_bidirectional_mask` (None when nothing is
+    padded, a bool or additive 4-D mask, a flex `BlockMask`, or the 2-D mask for flash-attention); a 4-D mask is used
+    as given (bool True = attend, or additive float). Shape checks only: nothing here reads the mask's values."""
     if attention_mask is None:
         return None
+    batch, q_len = inputs_embeds.shape[:2]
+    implementation = config._attn_implementation or "eager"
     if attention_mask.dim() == 2:
         if tuple(attention_mask.shape) != (batch, kv_len):
             raise ValueError(
                 f"2-D `attention_mask` must have shape (batch, key length) = {(batch, kv_len)}, got {tuple(attention_mask.shape)}."
             )
-        if bool(attention_mask.all()):
-            return None
-        return attention_mask.bool()[:, None, None, :]  # (B, 1, 1, K)
+        if "flash" in implementation and q_len != kv_len:
+            raise ValueError(
+                f"`attn_implementation={implementation!r}` cannot attend from {q_len} queries to {kv_len} padded keys "
+                "(a cached step of a padded batch): use 'sdpa' for cached generation of padded batches."
+            )
+        return create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
     if attention_mask.dim() == 4:
         b, h, q, k = attention_mask.shape
         if b not in (1, batch) or q != q_len or k != kv_len:
@@ -339,9 +382,18 @@ def _prepare_attention_mask(attention_mask, batch: int, q_len: int, kv_len: int,
                 f"4-D `attention_mask` must have shape (batch or 1, 1 or heads, query length, key length) = "
                 f"({batch}, 1, {q_len}, {kv_len}), got {tuple(attention_mask.shape)}."
             )
+        if "flash" in implementation:
+            raise ValueError(
+                f"`attn_implementation={implementation!r}` takes a 2-D padding mask only; a 4-D mask needs 'sdpa', "
+                "'eager' or 'flex_attention'."
+            )
         if attention_mask.dtype == torch.bool or not attention_mask.is_floating_point():
-            return attention_mask.bool()
-        return attention_mask.to(dtype)
+            attention_mask = attention_mask.bool()
+            if implementation in ("sdpa", "eager"):
+                return attention_mask
+            # additive, for the kernels that add a mask
+            return torch.where(attention_mask, 0.0, torch.finfo(inputs_embeds.dtype).min).to(inputs_embeds.dtype)
+        return attention_mask.to(inputs_embeds.dtype)
     raise ValueError(f"`attention_mask` must be 2-D (batch, length) or 4-D (batch, 1, query, key), got {attention_mask.dim()}-D.")
 
 
@@ -365,6 +417,7 @@ class IlladaModel(IlladaPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -372,8 +425,6 @@ class IlladaModel(IlladaPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         past_key_values=None,
         inputs_embeds: torch.FloatTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ):
         """
@@ -387,14 +438,19 @@ class IlladaModel(IlladaPreTrainedModel):
             past_key_values (*optional*): a cache with `update(key, value, layer_idx)`; see `caching.py`. Also
                 accepted as `cache` (transformers >= 5.24's name).
             inputs_embeds (`torch.FloatTensor` of shape `(batch, length, hidden)`, *optional*).
+            output_hidden_states / output_attentions (`bool`, *optional*): recorded by transformers'
+                `capture_outputs`; attention weights exist only with eager attention.
         """
         cache = kwargs.pop("cache", None)
-        if cache is not None:
-            if past_key_values is not None:
-                raise ValueError("Pass the cache once: as `cache` or as `past_key_values`, not both.")
-            past_key_values = cache
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if cache is not None and past_key_values is not None:
+            raise ValueError("Pass the cache once: as `cache` or as `past_key_values`, not both.")
+        cache = past_key_values if cache is None else cache
+        if kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"`output_attentions=True` needs eager attention ({self.config._attn_implementation!r} does not compute "
+                "the weights): call `model.set_attn_implementation('eager')` first, or load with "
+                "`attn_implementation='eager'`."
+            )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
@@ -402,20 +458,22 @@ class IlladaModel(IlladaPreTrainedModel):
                 raise ValueError(f"`input_ids` must be 2-D (batch, length), got shape {tuple(input_ids.shape)}.")
             inputs_embeds = self.embed_tokens(input_ids)  # (B, L, d)
         batch, q_len = inputs_embeds.shape[:2]
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_len = cache.get_seq_length() if cache is not None else 0
         kv_len = past_len + q_len  # an appending cache; one that writes in place says so through get_mask_sizes
-        if hasattr(past_key_values, "get_mask_sizes"):
-            kv_len = past_key_values.get_mask_sizes(q_len, 0)[0]
-        mask = _prepare_attention_mask(attention_mask, batch, q_len, kv_len, inputs_embeds.dtype)
+        if hasattr(cache, "get_mask_sizes"):
+            kv_len = cache.get_mask_sizes(q_len, 0)[0]
+        mask = _prepare_attention_mask(self.config, attention_mask, inputs_embeds, kv_len)
 
         if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2 and past_key_values is None:
+            if attention_mask is not None and attention_mask.dim() == 2 and cache is None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
             else:
                 position_ids = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)[None].expand(batch, -1)
         if position_ids.shape[-1] != q_len:
             raise ValueError(f"`position_ids` must have length {q_len} (the input length), got shape {tuple(position_ids.shape)}.")
-        longest = max(kv_len, int(position_ids.max()) + 1 if position_ids.numel() else 0)
+        longest = kv_len
+        if not torch.compiler.is_compiling() and position_ids.numel():  # a value check: skipped when traced
+            longest = max(longest, int(position_ids.max()) + 1)
         if longest > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {longest} exceeds `max_position_embeddings` ({self.config.max_position_embeddings})."
@@ -423,25 +481,12 @@ class IlladaModel(IlladaPreTrainedModel):
 
         position_embeddings = self.rotary_emb(position_ids.to(inputs_embeds.device))  # (B, L, D) x2
         hidden_states = inputs_embeds
-        all_hidden_states = () if output_hidden_states else None
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if self.gradient_checkpointing and self.training:
-                hidden_states = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, position_embeddings, mask, past_key_values
-                )
-            else:
-                hidden_states = layer(hidden_states, position_embeddings, mask, past_key_values, **kwargs)
+            hidden_states = layer(
+                hidden_states, attention_mask=mask, position_embeddings=position_embeddings, cache=cache, **kwargs
+            )
         hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        if not return_dict:
-            return tuple(v for v in (hidden_states, past_key_values, all_hidden_states) if v is not None)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, **{CACHE_FIELD: past_key_values}
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
 
 
 def _cache_field_before_hidden_states(cls):
@@ -466,11 +511,14 @@ class IlladaMaskedDiffusionOutput(ModelOutput):
         cache / past_key_values (*optional*): the cache passed in, updated; the field has the installed
             transformers' name (`cache` from 5.24, where `past_key_values` still reads it).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*): per-layer states with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*): per-layer attention weights `(batch, heads, query,
+            key)` with `output_attentions=True` (eager attention).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, IlladaLikelihoodMixin, DreamSamplerMixin):
@@ -503,6 +551,7 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -512,8 +561,6 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         loss_weights: torch.FloatTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | slice | torch.Tensor = 0,
         **kwargs,
     ):
@@ -526,16 +573,14 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
                 1/p_mask and the normalisation (see `diffusion.masked_diffusion_loss`).
             logits_to_keep (`int`, `slice` or 1-D `torch.LongTensor`): compute logits only for the last `n`
                 positions (`0` = all), a slice, or the given position indices (shared by the batch).
+            return_dict (`bool`, *optional*): `False` returns the output's non-None fields as a tuple.
         """
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, L, d)
@@ -550,7 +595,7 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
             if logits.shape[1] != labels.shape[1]:
                 raise ValueError("`labels` need logits at every position: do not combine them with `logits_to_keep`.")
             shift = logit_shift(self.config)
-            if shift and bool((labels[:, 0] != -100).any()):
+            if shift and not torch.compiler.is_compiling() and bool((labels[:, 0] != -100).any()):
                 raise ValueError(
                     "`labels` has a target in column 0, but this model's logits are shifted (`shift_logits=True`: "
                     "output j predicts column j + 1), so no output predicts column 0: set labels[:, 0] = -100 and never "
@@ -558,12 +603,9 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
                 )
             loss = masked_diffusion_loss(align_predictions(logits, shift), labels, loss_weights)
 
-        cache = getattr(outputs, CACHE_FIELD)
-        if not return_dict:
-            out = tuple(v for v in (logits, cache, outputs.hidden_states) if v is not None)
-            return (loss,) + out if loss is not None else out
         return IlladaMaskedDiffusionOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_FIELD: cache}
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 

@@ -57,6 +57,8 @@ class RunRecipe:
     warmup_steps: int = _option(100, "linear warm-up steps")
     lr_scheduler: str = _option("cosine", "transformers' scheduler name")
     weight_decay: float = _option(0.1, "AdamW weight decay")
+    precision: str = _option("float32", "float32, or mixed precision with float32 weights: bfloat16 or float16 (the "
+                                        "Trainer's bf16 / fp16; bfloat16 also runs on CPUs)", choices="PRECISIONS")
     # --- checkpoints and logging
     eval_steps: int = _option(200, "held-out loss every N steps")
     save_steps: int = _option(200, "checkpoint every N steps")
@@ -94,6 +96,8 @@ class RunRecipe:
             raise ValueError(f"`random_length_prob` must lie in [0, 1], got {self.random_length_prob!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}.")
+        if self.precision not in _registry("PRECISIONS"):
+            raise ValueError(f"`precision` must be one of {_registry('PRECISIONS')}, got {self.precision!r}.")
 
     @classmethod
     def build(cls, recipe=None, fields=None):

@@ -7,7 +7,10 @@ The masked-diffusion objective is split so that nothing in the Trainer needs for
   elsewhere) and `loss_weights` (1 / p already divided by the normaliser);
 * the model's `forward` turns these into `sum(CE * loss_weights)` (`diffusion.masked_diffusion_loss`).
 
-So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model. Differences from LLaDA's
+So accelerate, DDP/FSDP, DeepSpeed and peft/LoRA apply exactly as for any HF model: under `accelerate launch` each
+process trains on its share of every batch (`batch_size` is per process) and one process writes the folder. Each
+process draws the masking noise of its own share, so a data-parallel run matches a one-process run at the same global
+batch in distribution, not bit for bit (the autoregressive objective, which has no noise, matches exactly). Differences from LLaDA's
 published recipe (GUIDELINES.md) are options, not changes: t may be stratified across the batch (MDLM's
 low-discrepancy sampler, the default), the whole batch is cut to a random length with probability
 `random_length_prob` (LLaDA: 1%), `loss_weighting="uniform"` drops the 1/p weights (dLLM's "uniform"), and
@@ -229,6 +232,7 @@ class CausalCollator:
 # Plain-text objectives (SFT is always diffusion). `train()` picks the collator from the objective and the layout:
 # diffusion -> PretrainCollator (packed) or SFTCollator (padded, an empty prompt); autoregressive -> CausalCollator.
 OBJECTIVES = ("diffusion", "autoregressive")
+PRECISIONS = ("float32", "bfloat16", "float16")  # the Trainer's default, bf16 and fp16 mixed precision
 
 # ---------------------------------------------------------------------------------------------------------------
 # 2. Tokenizer
@@ -526,6 +530,9 @@ def training_arguments(output_dir, recipe, *, has_eval: bool, disable_tqdm: bool
         eval_strategy="steps" if has_eval else "no", eval_steps=recipe.eval_steps, save_strategy="steps",
         save_steps=recipe.save_steps, save_total_limit=recipe.save_total_limit, seed=recipe.seed, report_to="none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=disable_tqdm, prediction_loss_only=True,
+        bf16=recipe.precision == "bfloat16", fp16=recipe.precision == "float16",
+        # without an accelerator, say so: bf16 then runs on the CPU, and `accelerate launch` processes join over gloo
+        use_cpu=not torch.accelerator.is_available(),
         **_length_grouping(getattr(recipe, "group_by_length", False)),
     )
 
@@ -630,13 +637,18 @@ def run_trainer(output_dir, recipe, *, net, tokenizer, train_set, eval_set, coll
 
 
 def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, save=None, **results) -> dict:
-    """Save the final Hub-native folder (`save(output_dir)`, default `trainer.save_model`), drop the Trainer's pickle,
-    evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
+    """Save the final Hub-native folder (`save(output_dir)` on the main process, default `trainer.save_model`), drop
+    the Trainer's pickle, evaluate once more and write `RECIPE_FILE`: the recipe's fields, then the run's results. `train_loss` is the
     mean training loss over every logged step of the run, the resumed part and the part before included."""
     output_dir = Path(output_dir)
     parameters = sum(p.numel() for p in trainer.model.parameters())  # as trained (a LoRA run's include the adapter)
-    (save or (lambda folder: trainer.save_model(str(folder))))(output_dir)
-    (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
+    main = trainer.is_world_process_zero()  # data parallel: one process writes the folder
+    if save is None:
+        trainer.save_model(str(output_dir))  # every process takes part (FSDP / DeepSpeed gather the weights); one writes
+    elif main:
+        save(output_dir)
+    if main:
+        (output_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle; the recipe below is the record
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {"train_loss": sum(losses) / len(losses) if losses else None, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
@@ -644,7 +656,9 @@ def finish_run(trainer, output_dir, recipe, *, started: float, checkpoint=None, 
     record = {"recipe": type(recipe).__name__, **recipe.to_dict(), **results,
               "parameters": parameters,
               "wall_seconds": round(time.time() - started, 1), "resumed_from": checkpoint, **metrics}
-    (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if main:
+        (output_dir / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()  # no process returns before the folder is complete
     return record
 
 
@@ -667,6 +681,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     from transformers import AutoTokenizer
 
     from .modeling_illada import IlladaForMaskedDiffusion
+    from .presets import check_memory
     from .recipes import TrainRecipe
 
     started = time.time()
@@ -702,6 +717,7 @@ def train(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     else:
         config = read_config_fields(recipe.config)
         cfg, generation = model_config(tokenizer, recipe.seq_length, recipe.preset, config)
+        check_memory(cfg, torch.float32, "cpu", what=f"Preset {recipe.preset!r}" if recipe.preset else "The model")
         torch.manual_seed(recipe.seed)
         net = IlladaForMaskedDiffusion(cfg)
         net.generation_config = generation

@@ -76,7 +76,6 @@ def test_every_preset_names_its_source_and_builds():
         (dict(vocab_size=0), "vocab_size"),
         (dict(mask_token_id=64, vocab_size=64), "mask_token_id"),
         (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling"),
-        (dict(layer_norm_eps=1e-5), "layer_norm_eps"),
     ],
 )
 def test_bad_architecture_is_a_clear_error(fields, message):
@@ -85,6 +84,29 @@ def test_bad_architecture_is_a_clear_error(fields, message):
     base.update(fields)
     with pytest.raises(ValueError, match=message):
         IlladaConfig(**base)
+
+
+def test_extra_attributes_are_kept_through_save_and_load(tmp_path):
+    """transformers' config contract (its common tests set `layer_norm_eps = 1.0` on every config): a key the config
+    does not declare is an attribute, written to config.json and read back; the architecture is unchanged."""
+    config = IlladaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, num_key_value_heads=2, layer_norm_eps=1.0, my_note="kept")
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["layer_norm_eps"] == 1.0
+    again = AutoConfig.from_pretrained(tmp_path)
+    assert (again.layer_norm_eps, again.my_note, again.rms_norm_eps) == (1.0, "kept", 1e-6)
+    assert {**again.to_dict(), "_name_or_path": ""} == config.to_dict()
+
+
+def test_config_follows_transformers_common_properties(tmp_path):
+    """What transformers' `ConfigTester` checks: defaults without arguments, JSON round trip, subfolders, num_labels."""
+    config = IlladaConfig()
+    assert (config.hidden_size, config.head_dim, config.mask_token_id) == (4096, 128, 5)
+    assert IlladaConfig.from_dict(json.loads(config.to_json_string())).to_dict() == config.to_dict()
+    config.save_pretrained(tmp_path / "sub")
+    again = IlladaConfig.from_pretrained(tmp_path, subfolder="sub")
+    assert {**again.to_dict(), "_name_or_path": ""} == config.to_dict()
+    assert IlladaConfig(num_labels=5).num_labels == 5
 
 
 def test_unsupported_llada_variants_are_refused():
@@ -97,3 +119,13 @@ def test_unsupported_llada_variants_are_refused():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="tiny-random"):
         load_preset("no-such-model")
+
+
+def test_a_preset_that_does_not_fit_is_refused_before_allocating(monkeypatch):
+    from modeling_illada import presets
+
+    monkeypatch.setattr(presets, "available_memory", lambda device: 4 * presets.GIB)
+    with pytest.raises(ValueError, match=r"'illada-8b-base' needs 14\.2 GiB for its bfloat16 weights.*4\.0 GiB free"):
+        presets.build_model("illada-8b-base", dtype=torch.bfloat16)
+    model, generation = presets.build_model("tiny-random", dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and not model.training and generation.block_length == 8

@@ -191,6 +191,79 @@ def test_stop_strings_end_variable_length_generation():
     assert out.shape[1] == 6 and out[0, 5] == cat
 
 
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_bfloat16_generation_runs_on_cpu(cache):
+    model = tiny_model().to(torch.bfloat16)
+    prompt = torch.randint(4, 64, (2, 5))
+    out = model.generate(prompt, attention_mask=torch.tensor([[1] * 5, [0, 0, 1, 1, 1]]), max_new_tokens=8, steps=8,
+                         block_length=4, cache=cache, eos_early_stop=False)
+    assert out.shape == (2, 13) and not (out[:, 5:] == MASK).any() and torch.equal(out[:, :5], prompt)
+
+
+# ----------------------------------------------------------------------------------------------- end of thinking
+
+
+def test_end_think_boost_raises_one_logit_by_boost_times_progress_to_the_power():
+    """iLLaDA's rule on hand-made rows: prompt of 2, budget 4, block = columns 2-5, sequence [7, 8]."""
+    from modeling_illada.generation_illada import boost_end_think
+
+    x = torch.tensor([
+        [20, 21, 7, MASK, MASK, MASK],  # "7" written: the next token is 8, at column 3
+        [20, 21, 9, MASK, MASK, MASK],  # no prefix before column 3: the first token, 7
+        [20, 21, 7, 8, MASK, MASK],  # the sequence is written: no boost
+    ])
+    eligible = (x[:, 2:] == MASK)  # (3, 4)
+    logits = torch.zeros(3, 4, 64)
+    for power, bonus in ((2.0, 2.0), (3.0, 1.0)):  # progress at column 3 = (3 - 2 + 1) / 4 = 0.5; 8 * 0.5 ** power
+        out = boost_end_think(logits, x, eligible, 2, 2, 4, [7, 8], boost=8.0, power=power)
+        expected = torch.zeros_like(logits)
+        expected[0, 1, 8] = expected[1, 1, 7] = bonus
+        torch.testing.assert_close(out, expected)
+    assert logits.abs().sum() == 0  # the caller's logits are untouched
+
+
+def test_end_think_boost_closes_the_trace_in_generate():
+    model = FakeDenoiser(*rising())  # would write 12 13 14 15
+    prompt = torch.tensor([[20, 21]])
+    plain = model.generate(prompt, max_new_tokens=4, steps=4)
+    boosted = model.generate(prompt, max_new_tokens=4, steps=4, end_think_token_ids=[7, 8], end_think_logit_boost=100.0,
+                             end_think_boost_power=1.0)
+    assert plain.tolist() == [[20, 21, 12, 13, 14, 15]]
+    # step 1: +25 on 7 at column 2; step 2: +50 on 8 at column 3 (continuing "7"); then written, no more boost
+    assert boosted.tolist() == [[20, 21, 7, 8, 14, 15]]
+
+
+def test_end_think_boost_in_variable_length_generation_counts_the_whole_budget():
+    model = FakeDenoiser(*rising())
+    prompt = torch.tensor([[20, 21]])
+    knobs = dict(max_new_tokens=8, steps=8, block_length=4, variable_length=True, end_think_token_ids=[7],
+                 end_think_boost_power=1.0)
+    # at column 2 the progress is 1/8 of the budget (not 1/4 of a block): a boost of 8 adds 1.0 to token 7, below
+    # the denoiser's 1.2 there; a boost of 16 adds 2.0 and wins
+    assert model.generate(prompt, end_think_logit_boost=8.0, **knobs)[0, 2] == 12
+    assert model.generate(prompt, end_think_logit_boost=16.0, **knobs)[0, 2] == 7
+
+
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        (dict(end_think_logit_boost=100.0), "end_think_token_ids"),
+        (dict(end_think_logit_boost=-1.0, end_think_token_ids=[7]), "end_think_logit_boost"),
+        (dict(end_think_boost_power="3", end_think_token_ids=[7]), "end_think_boost_power"),
+        (dict(end_think_token_ids=[]), "end_think_token_ids"),
+    ],
+)
+def test_bad_end_think_knobs_name_the_parameter(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        IlladaGenerationConfig(**knobs)
+
+
+def test_end_think_ids_beyond_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"end_think_token_ids.*vocab_size=64"):
+        tiny_model().generate(torch.tensor([[20, 21]]), max_new_tokens=4, end_think_token_ids=[64],
+                              end_think_logit_boost=1.0)
+
+
 # ----------------------------------------------------------------------------------------------- batching
 
 
@@ -343,6 +416,14 @@ def test_diffusion_generate_reads_an_unshifted_model_in_place():
         model.diffusion_generate(prompt, alg="nope")
 
 
+def test_text_diffusion_streamer_takes_one_row():
+    """transformers' `TextDiffusionStreamer` streams batch 1; a batch is its own clear error, before any step."""
+    model = FakeDenoiser(*rising())
+    with pytest.raises(ValueError, match="batch size 1"):
+        model.generate(torch.tensor([[20, 21], [22, 23]]), max_new_tokens=4, streamer=TextDiffusionStreamer(word_tokenizer()))
+    assert not model.calls
+
+
 # ----------------------------------------------------------------------------------------------- config
 
 
@@ -373,13 +454,39 @@ def test_model_generation_defaults_load_from_the_folder(tmp_path):
     assert (again.generation_config.steps, again.generation_config.block_length) == (4, 4)
     assert again.generate(torch.randint(4, 64, (1, 3))).shape == (1, 11)
 
-    # a shorter length than the saved block makes one block; a length the block does not divide is still an error
-    assert again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2).shape == (1, 5)
+    # `max_new_tokens` alone works whatever the saved schedule (see the next test); given knobs are used as given
+    assert again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=6).shape == (1, 9)
     assert again.generation_config.block_length == 4  # the model's defaults are untouched
     with pytest.raises(ValueError, match="block_length"):
-        again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=6)
-    with pytest.raises(ValueError, match="block_length"):
         again.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=2, block_length=4)
+
+
+@pytest.mark.parametrize(
+    "saved,length,expected",
+    [
+        # (saved max_new_tokens, steps, block_length), new length -> (block_length, steps)
+        ((64, 64, 32), 96, (32, 96)),  # the issue's case: 1 token per step kept, 3 blocks of 32
+        ((64, 32, 32), 96, (32, 48)),  # 2 tokens per step kept
+        ((64, 64, 32), 16, (16, 16)),  # shorter than a block: one block
+        ((64, 32, 32), 100, (25, 52)),  # 32 does not divide 100: blocks of 25; 50 steps -> 52, a multiple of 4 blocks
+        ((64, None, 32), 96, (32, None)),  # one token per step stays the default
+        ((8, 4, 4), 6, (3, 4)),  # 3 steps -> 4, a multiple of 2 blocks
+    ],
+)
+def test_max_new_tokens_alone_keeps_the_saved_tokens_per_step(saved, length, expected):
+    max_new_tokens, steps, block_length = saved
+    config = IlladaGenerationConfig(max_new_tokens=max_new_tokens, steps=steps, block_length=block_length)
+    merged = config.merged(max_new_tokens=length)
+    assert (merged.max_new_tokens, merged.block_length, merged.steps) == (length, *expected)
+    assert config.merged(max_new_tokens=length, steps=length).steps == length  # a given knob is kept
+
+
+def test_generate_with_only_max_new_tokens_on_a_saved_schedule():
+    model = tiny_model()
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=64, steps=64, block_length=32, mask_token_id=MASK)
+    out = model.generate(torch.randint(4, 64, (1, 3)), max_new_tokens=96, return_dict_in_generate=True,
+                         eos_early_stop=False)
+    assert out.sequences.shape == (1, 99) and out.num_forward_passes == 96 and not (out.sequences == MASK).any()
 
 
 @pytest.mark.parametrize(

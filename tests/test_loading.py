@@ -224,6 +224,67 @@ def test_unexpected_and_missing_keys_are_named(tmp_path, model):
     del state["model.layers.0.mystery.weight"]
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, str(tmp_path / "ok" / "model.safetensors"))
-    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight"):
-        AutoModel.from_pretrained(tmp_path / "ok")
-    assert AutoModel.from_pretrained(tmp_path / "ok", strict=False) is not None
+    with pytest.raises(ValueError, match=r"model.layers.1.mlp.up_proj.weight.*strict=False"):
+        AutoModel.from_pretrained(tmp_path / "ok")  # a backbone weight missing: an error, with the way out
+    model, info = AutoModel.from_pretrained(tmp_path / "ok", strict=False, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"model.layers.1.mlp.up_proj.weight"}
+
+
+def test_device_map_auto_places_an_8b_preset_layer_by_layer():
+    """The placement `from_pretrained(device_map="auto")` computes, for iLLaDA-8B in bfloat16 on a 6 GiB device and
+    the CPU (the meta device holds the weights: nothing is allocated): decoder layers are never split, the tied
+    embedding and head share a device, and layers fill the device in order before spilling to the CPU."""
+    from accelerate import infer_auto_device_map
+
+    from modeling_illada import load_preset
+
+    config, _ = load_preset("illada-8b-base")
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, dtype=torch.bfloat16)
+    placement = infer_auto_device_map(model, max_memory={0: "6GiB", "cpu": "60GiB"}, dtype=torch.bfloat16,
+                                      no_split_module_classes=model._no_split_modules)
+    layers = [placement[f"model.layers.{i}"] for i in range(config.num_hidden_layers)]  # whole layers only
+    assert not any(name.startswith("model.layers.") and name.count(".") > 2 for name in placement)
+    assert placement["model.embed_tokens"] == placement["lm_head"] == 0
+    assert 0 < layers.count(0) < config.num_hidden_layers and layers == sorted(layers, key=lambda d: d == "cpu")
+
+
+def test_device_map_auto_with_offload_gives_the_same_logits(tmp_path, model):
+    model.save_pretrained(tmp_path / "saved")
+    offloaded = AutoModel.from_pretrained(tmp_path / "saved", device_map="auto", max_memory={"cpu": "60KB"},
+                                          offload_folder=tmp_path / "offload")
+    assert "disk" in offloaded.hf_device_map.values()  # most of it does not fit the 60 KB allowed
+    ids = torch.randint(4, 64, (2, 7))
+    torch.testing.assert_close(logits(offloaded, ids), logits(model, ids), rtol=0, atol=0)
+
+
+TOKENIZER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["modeling_illada"] = None  # a user of transformers alone
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=False)
+    print(type(tokenizer).__name__, tokenizer.mask_token)
+    """
+)
+
+
+def test_tokenizer_is_saved_beside_the_model_and_loads_without_a_remote_code_prompt(tmp_path, model, monkeypatch):
+    """`save_pretrained` of the model writes no tokenizer (a second call does). The folder's config names our code
+    (auto_map), which `AutoTokenizer` reads first: with the package imported nothing prompts; without it,
+    `trust_remote_code=False` loads the tokenizer (it needs no code) instead of a 15 s "run custom code?" prompt."""
+    from transformers import AutoTokenizer
+
+    from fake_denoiser import word_tokenizer
+
+    folder = tmp_path / "saved"
+    model.save_pretrained(folder)
+    assert not any(name.startswith(("tokenizer", "special_tokens")) for name in os.listdir(folder))
+    word_tokenizer().save_pretrained(folder)
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("prompted to run custom code"))
+    assert AutoTokenizer.from_pretrained(folder).mask_token == "<mask>"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", TOKENIZER_SCRIPT, str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "<mask>" and "Do you wish to run the custom code" not in result.stdout

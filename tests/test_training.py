@@ -2,6 +2,7 @@
 down, Hub-native checkpoints, resume), the tokenizer, and clear errors for bad input."""
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -371,6 +372,26 @@ def test_tokenizer_without_mask_token_is_refused(tmp_path, corpus):
     fast = {k: v for k, v in FAST.items() if k != "train_tokenizer_vocab"}
     with pytest.raises(ValueError, match="no mask token"):
         train(tmp_path / "out", data=[corpus], tokenizer=no_mask, **fast)
+
+
+def test_bfloat16_mixed_precision_trains_on_cpu(tmp_path, corpus):
+    trainer = train(tmp_path / "run", data=[corpus], doc_separator="%", max_steps=3, save_steps=1000,
+                    eval_steps=1000, precision="bfloat16", **FAST)
+    assert trainer.args.bf16 and not trainer.args.fp16
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    assert trainer.model.dtype == torch.float32  # mixed precision: the weights stay float32
+    with pytest.raises(ValueError, match="precision"):
+        train(tmp_path / "bad", data=[corpus], precision="int8", **FAST)
+
+
+def test_preset_too_large_for_the_memory_is_refused_before_allocating(tmp_path, corpus, monkeypatch):
+    from modeling_illada import presets
+
+    monkeypatch.setattr(presets, "available_memory", lambda device: 4 * presets.GIB)
+    fields = {**FAST, "config": None}
+    with pytest.raises(ValueError, match=r"Preset 'illada-8b-base' needs 2\d\.\d GiB for its float32 weights.*4\.0 GiB"):
+        train(tmp_path / "out", data=[corpus], preset="illada-8b-base", **fields)
 
 
 def test_fine_tuning_refuses_a_new_architecture(tmp_path, corpus):
