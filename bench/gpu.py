@@ -6,9 +6,9 @@
 
 Rows, each at generation lengths 256 and 512 and batch 1 and 8 (random prompts of `--prompt-length` tokens):
 
-* `plain`, `Fast-dLLM`, `all combined`: `bench_sampling.MODES` (plain = LLaDA's computation, LM head over the whole
-  canvas, one token per step, no early stop; Fast-dLLM = dual cache + threshold 0.9 + EOS stop; all combined adds a
-  32-position suffix window), block length 32, greedy;
+* `plain`, `Fast-dLLM`, `all combined`: `bench_demo.MODES` (plain = LLaDA's sampler as this package runs it exactly:
+  a full forward per step, one token per step, no early stop; Fast-dLLM = dual cache + threshold 0.9 + EOS stop; all
+  combined adds a 32-position suffix window), block length 32, greedy;
 * `AR twin`: `transformers.LlamaForCausalLM` of the same dimensions, `generate(do_sample=False,
   min_new_tokens=max_new_tokens, cache_implementation="static")`.
 
@@ -30,11 +30,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_sampling  # noqa: E402  (the modes and the twin's config, stated once there)
+import bench_demo  # noqa: E402  (the modes, stated once there)
 
 from modeling_illada.presets import GIB, build_model, check_memory  # noqa: E402
 
-MODE_NAMES = ("plain", "Fast-dLLM", "all combined")
+MODE_IDS = ("plain", "fast_dllm", "combined")
 # ~1B variant of the 8B preset (same vocabulary and layout, narrower and shallower): about 1.04B parameters
 SIZES = {
     "8b": {},
@@ -57,21 +57,33 @@ def reset_peak(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def twin_config(config):
+    """The `LlamaConfig` of a causal Llama with the diffusion model's dimensions."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, max_position_embeddings=config.max_position_embeddings,
+        rope_theta=getattr(config, "rope_theta", 10000.0), tie_word_embeddings=config.tie_word_embeddings,
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+    )
+
+
 def build_twin(config, dtype, device):
     from transformers import AutoModelForCausalLM
 
-    twin_config = bench_sampling.twin_config(config)
-    check_memory(twin_config, dtype, device, what="The autoregressive twin")
+    causal = twin_config(config)
+    check_memory(causal, dtype, device, what="The autoregressive twin")
     torch.manual_seed(0)
     with torch.device(device):
-        twin = AutoModelForCausalLM.from_config(twin_config, dtype=dtype)
+        twin = AutoModelForCausalLM.from_config(causal, dtype=dtype)
     return twin.eval()
 
 
-def run_diffusion(model, prompts, length, block, mode_name):
-    mode = {m.name: m for m in bench_sampling.MODES}[mode_name]
-    out = model.generate(prompts, max_new_tokens=length, steps=length, block_length=block,
-                         return_dict_in_generate=True, **bench_sampling.knobs(mode))
+def run_diffusion(model, prompts, length, block, mode_id):
+    knobs = {**bench_demo.BASE_KNOBS, **bench_demo.MODE[mode_id].knobs, "block_length": block}
+    out = model.generate(prompts, max_new_tokens=length, steps=length, return_dict_in_generate=True, **knobs)
     return out.num_forward_passes
 
 
@@ -131,7 +143,7 @@ def main(argv=None) -> int:
     vocab = model.config.vocab_size
     with torch.no_grad():  # warm-up: kernels, allocator, static cache set-up
         warm = torch.randint(4, vocab, (1, args.prompt_length), generator=generator).to(device)
-        run_diffusion(model, warm, args.block_length, args.block_length, "Fast-dLLM")
+        run_diffusion(model, warm, args.block_length, args.block_length, "fast_dllm")
         run_twin(twin, warm, 8)
 
     rows = []
@@ -139,19 +151,20 @@ def main(argv=None) -> int:
         for batch in args.batches:
             prompts = torch.randint(4, vocab, (batch, args.prompt_length), generator=generator).to(device)
             plain_seconds = None
-            for mode in (*MODE_NAMES, "AR twin"):
+            for mode in (*MODE_IDS, "ar"):
+                label = "AR twin" if mode == "ar" else bench_demo.MODE[mode].label
                 if time.perf_counter() - started > args.budget:
-                    rows.append((length, batch, mode, None, None, None, None, None))
+                    rows.append((length, batch, label, None, None, None, None, None))
                     continue
                 with torch.no_grad():
-                    if mode == "AR twin":
+                    if mode == "ar":
                         seconds, forwards, peak = timed(device, run_twin, twin, prompts, length)
                     else:
                         seconds, forwards, peak = timed(device, run_diffusion, model, prompts, length,
                                                         args.block_length, mode)
                 plain_seconds = seconds if mode == "plain" else plain_seconds
                 speedup = plain_seconds / seconds if plain_seconds else None
-                rows.append((length, batch, mode, seconds, batch * length / seconds, forwards, speedup, peak))
+                rows.append((length, batch, label, seconds, batch * length / seconds, forwards, speedup, peak))
 
     print("| length | batch | mode | seconds | tok/s | forwards | speedup vs plain | peak GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

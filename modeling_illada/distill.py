@@ -20,7 +20,7 @@ The recipe follows dParallel (arXiv 2509.26488; described there, implemented her
 
 How it differs from dParallel: full fine-tuning (the models here are small) instead of LoRA, and the teacher's
 trajectories can come from its dual-cache sampler (`cache="dual"`, the default: about 3x cheaper on CPU, and the
-sampler the student is then used with). The trade is measured in `bench/bench_sampling.py`: tokens per forward up,
+sampler the student is then used with). The trade is measured in `bench/bench_demo.py`: tokens per forward up,
 ELBO of the outputs (scored by the teacher) down.
 
 `distill()` runs the whole recipe on the stock `transformers.Trainer` (the loss lives in `compute_loss`) and

@@ -1,312 +1,33 @@
-"""Diffusion generation for iLLaDA / LLaDA: the replacement for transformers' `GenerationMixin`.
+"""Diffusion generation for iLLaDA / LLaDA / Dream: the replacement for transformers' `GenerationMixin`.
 
-`IlladaGenerationConfig` owns every decoding knob and validates it; `IlladaGenerationMixin.generate()` runs the
-published LLaDA sampler (block-wise low-confidence remasking, float64 Gumbel-max sampling, unsupervised CFG) with
-batching, variable length, infilling, streamers and a per-step callback. The policies it composes live in their
-own files and are looked up by name: `schedules.SCHEDULES`, `remasking.REMASKING`, `guidance.GUIDANCE`,
-`caching.CACHES`.
+`IlladaGenerationMixin.generate()` runs the published LLaDA sampler (block-wise low-confidence remasking, float64
+Gumbel-max sampling, unsupervised CFG) with batching, variable length, infilling, streamers and a per-step callback.
+Its knobs live in `generation_config.IlladaGenerationConfig`; the layout of a run (region, blocks, steps, threshold,
+early stop) is computed once, in `GenerationPlan`; one denoising step is `Denoiser.step`; what `on_step` receives is
+built by `step_report`. The policies it composes live in their own files and are looked up by name:
+`schedules.SCHEDULES`, `remasking.REMASKING`, `guidance.GUIDANCE`, `caching.CACHES`, `shaping.SHAPING`.
 
 Notation (code -> LLaDA paper): canvas `x` -> x_t, the partially masked sequence; `x0` -> a sample of
-p_theta(x_0 | x_t); `confidence` -> the score remasking ranks; `counts` -> tokens revealed per step.
+p_theta(x_0 | x_t); `confidence` -> the score remasking ranks; `counts` -> tokens revealed per step; `holes` ->
+mask tokens given in the prompt (infilling); `attention` -> the padding mask (1 = real token).
 """
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
-from transformers import GenerationConfig
 from transformers.utils import ModelOutput, logging
 
 from .caching import CACHES
 from .diffusion import logit_shift
+from .generation_config import ALIASES, _defaults, as_id_list, layout, resolve_aliases
+from .generation_config import IlladaGenerationConfig  # noqa: F401  (re-exported: its historical home)
 from .guidance import guidance_for
 from .remasking import REMASKING, choose_reveals
 from .schedules import SCHEDULES
-
-
-# Names users already know from the reference code and Dream -> ours.
-ALIASES = {"gen_length": "max_new_tokens", "mask_id": "mask_token_id", "var": "variable_length"}
-
-PARALLEL_DECODING_THRESHOLD = 0.9  # Fast-dLLM's default confidence threshold, used by `parallel_decoding=True`
-
-_METADATA = ("transformers_version", "_from_model_config", "_commit_hash")
+from .shaping import ShapingContext, shape_logits
 
 logger = logging.get_logger(__name__)
-
-
-def _defaults() -> dict:
-    """Every knob with its default; `None` for steps/block_length means "one block, one token per step"."""
-    return {
-        # length
-        "max_new_tokens": 128,
-        "max_length": None,
-        "variable_length": False,
-        # diffusion
-        "steps": None,
-        "block_length": None,
-        "schedule": "linear",
-        "remasking": "low_confidence",
-        "threshold": None,
-        "parallel_decoding": False,
-        "cfg_scale": 0.0,
-        "cache": "none",
-        "suffix_window": None,
-        # sampling of candidates
-        "temperature": 0.0,
-        "top_k": None,
-        "top_p": None,
-        # special tokens
-        "mask_token_id": None,
-        "eos_token_id": None,
-        "eot_token_id": None,
-        "pad_token_id": None,
-        "bos_token_id": None,
-        # stopping and EOS handling
-        "eos_early_stop": True,
-        "stop_strings": None,
-        "logits_eos_inf": False,
-        "confidence_eos_eot_inf": False,
-        # iLLaDA's end-of-thinking control (off unless a boost and the tokens are given)
-        "end_think_token_ids": None,
-        "end_think_logit_boost": 0.0,
-        "end_think_boost_power": 2.0,
-        # outputs
-        "return_dict_in_generate": False,
-        "output_history": False,
-    }
-
-
-def _as_id_list(value) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-class IlladaGenerationConfig(GenerationConfig):
-    r"""
-    Every decoding knob of `IlladaGenerationMixin.generate`, validated at construction. LLaDA's names
-    (`gen_length`, `mask_id`) and iLLaDA's `var` are accepted as aliases. Knobs of autoregressive decoding
-    (`num_beams`, `do_sample`, `repetition_penalty`, ...) are refused rather than silently ignored.
-
-    Args:
-        max_new_tokens (`int`, defaults to 128): tokens to generate (`gen_length`). `0` fills only the mask
-            tokens already in the input (infilling). Passed alone to `generate`, it keeps the saved tokens per step
-            and block length where it can (`resized`).
-        max_length (`int`, *optional*): prompt plus new tokens; used only when `max_new_tokens` is not given.
-        variable_length (`bool`, defaults to `False`): iLLaDA's variable-length generation (`var`): append one
-            block of masks at a time, stop after a block that produced EOS or a stop string.
-        steps (`int`, *optional*): total denoising steps, split evenly over the blocks; defaults to
-            `max_new_tokens` (one token per step).
-        block_length (`int`, *optional*): semi-autoregressive block size; defaults to `max_new_tokens` (a single
-            block). Must divide `max_new_tokens`.
-        schedule (`str`, defaults to `"linear"`): reveal counts per step, one of `schedules.SCHEDULES`.
-        remasking (`str`, defaults to `"low_confidence"`): reveal order, one of `low_confidence`, `random`,
-            `margin`, `entropy`.
-        threshold (`float`, *optional*): reveal every masked token of the block whose confidence exceeds it (at
-            least one per step) instead of following the schedule; a block then takes as many steps as it needs.
-        parallel_decoding (`bool`, defaults to `False`): confidence-threshold parallel decoding with
-            `threshold` 0.9 (Fast-dLLM's default) unless `threshold` is set.
-        cfg_scale (`float`, defaults to 0.0): classifier-free guidance scale `s`: `u + (s + 1)(c - u)`.
-        cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`: `none`
-            (exact), `prefix` or `dual` (Fast-dLLM's approximate key/value caches, refreshed once per block).
-        suffix_window (`int`, *optional*): the model sees only this many masked positions after the block being
-            denoised (DPad / Streaming-dLLM suffix pruning; approximate, fewer positions per forward); `None`, the
-            default, keeps the whole canvas as LLaDA does. Not combinable with infilling (text after the holes
-            must stay visible).
-        temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
-        top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
-        mask_token_id (`int`): the mask token; taken from the model config when unset.
-        eos_token_id (`int` or `list[int]`), eot_token_id (`int`, *optional*), pad_token_id, bos_token_id.
-        eos_early_stop (`bool`, defaults to `True`): once a row has committed an end token (EOS/EOT), its
-            remaining masks are filled with EOS after the current block, and generation stops when every row
-            has. Tokens up to each row's first end token are exactly those of a full run.
-        stop_strings (`str` or `list[str]`, *optional*): stop after a block whose text contains one (needs
-            `tokenizer=` in `generate`).
-        logits_eos_inf (`bool`): forbid EOS as a candidate (LLaDA's option).
-        confidence_eos_eot_inf (`bool`): rank EOS/EOT candidates last, so they are committed only when nothing
-            else is left in the block (LLaDA's option, as intended upstream).
-        end_think_token_ids (`list[int]`, *optional*): the tokens that close a reasoning trace, e.g.
-            `tokenizer.encode("</think>", add_special_tokens=False)` (iLLaDA Instruct's `end_think_text`).
-        end_think_logit_boost (`float`, defaults to 0.0): iLLaDA's end-of-thinking control, so that long reasoning
-            closes instead of looping. Until a row's generated tokens contain `end_think_token_ids`, each step adds
-            `end_think_logit_boost * progress ** end_think_boost_power` to one logit: at the first still-masked
-            position of the block, for the next token of the sequence (the one after the longest prefix of it that
-            ends just before that position, else its first token). `progress` = that position's share of the whole
-            budget, (column - prompt length + 1) / `max_new_tokens`, clipped to [0, 1]; with `variable_length` too.
-            0 turns it off (iLLaDA's default; its reasoning evaluations use 100).
-        end_think_boost_power (`float`, defaults to 2.0): how late the boost grows (iLLaDA's default 2; its
-            reasoning evaluations use 3, and 1 for HumanEval).
-        return_dict_in_generate (`bool`): return an `IlladaGenerationOutput` instead of the sequences.
-        output_history (`bool`): keep the canvas after every step in the output.
-    """
-
-    def __init__(self, **kwargs):
-        # We intentionally do not call GenerationConfig.__init__: most autoregressive knobs mean nothing here.
-        for alias, name in ALIASES.items():
-            if alias in kwargs:
-                value = kwargs.pop(alias)
-                if kwargs.get(name) not in (None, value):
-                    raise ValueError(f"`{alias}` and `{name}` are the same knob; got two different values.")
-                kwargs[name] = value
-        for key, default in _defaults().items():
-            setattr(self, key, kwargs.pop(key, default))
-        self.transformers_version = kwargs.pop("transformers_version", None)
-        self._from_model_config = kwargs.pop("_from_model_config", None)
-        self._commit_hash = kwargs.pop("_commit_hash", None)
-        if kwargs:
-            raise ValueError(
-                f"Unknown generation parameters {sorted(kwargs)}. IlladaGenerationConfig accepts "
-                f"{sorted(_defaults())} (and the aliases {sorted(ALIASES)})."
-            )
-        self.validate()
-
-    def knobs(self) -> dict:
-        return {key: getattr(self, key) for key in _defaults()}
-
-    def validate(self, strict: bool = False, **kwargs):
-        """Raise a ValueError naming the parameter and its allowed values for any inconsistent knob."""
-
-        def positive_int(name, value, allow_zero=False):
-            if value is None:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
-                raise ValueError(f"`{name}` must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}.")
-
-        positive_int("max_new_tokens", self.max_new_tokens, allow_zero=True)
-        positive_int("max_length", self.max_length)
-        positive_int("steps", self.steps)
-        positive_int("block_length", self.block_length)
-        positive_int("top_k", self.top_k)
-        positive_int("suffix_window", self.suffix_window, allow_zero=True)
-        if self.remasking not in REMASKING:
-            raise ValueError(f"Unknown `remasking` {self.remasking!r}; allowed: {sorted(REMASKING)}.")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"Unknown `schedule` {self.schedule!r}; allowed: {sorted(SCHEDULES)}.")
-        if self.cache not in CACHES:
-            raise ValueError(f"Unknown `cache` {self.cache!r}; allowed: {sorted(CACHES)}.")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0 = greedy), got {self.temperature!r}.")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must lie in (0, 1], got {self.top_p!r}.")
-        if not isinstance(self.cfg_scale, (int, float)) or self.cfg_scale < 0:
-            raise ValueError(f"`cfg_scale` must be >= 0, got {self.cfg_scale!r}.")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise ValueError(f"`threshold` must lie in (0, 1] (a probability), got {self.threshold!r}.")
-        if not isinstance(self.parallel_decoding, bool):
-            raise ValueError(f"`parallel_decoding` must be True or False, got {self.parallel_decoding!r}.")
-        if self.mask_token_id is not None and (not isinstance(self.mask_token_id, int) or self.mask_token_id < 0):
-            raise ValueError(f"`mask_token_id` must be a non-negative integer, got {self.mask_token_id!r}.")
-        if isinstance(self.stop_strings, str):
-            self.stop_strings = [self.stop_strings]
-        for name in ("end_think_logit_boost", "end_think_boost_power"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-        if isinstance(self.end_think_token_ids, int) and not isinstance(self.end_think_token_ids, bool):
-            self.end_think_token_ids = [self.end_think_token_ids]
-        ids = self.end_think_token_ids
-        if ids is not None and (not isinstance(ids, (list, tuple)) or not ids
-                                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
-            raise ValueError(f"`end_think_token_ids` must be a non-empty list of token ids (e.g. "
-                             f"`tokenizer.encode('</think>', add_special_tokens=False)`), got {ids!r}.")
-        if self.end_think_logit_boost > 0 and not ids:
-            raise ValueError("`end_think_logit_boost` is set but `end_think_token_ids` is not: pass the ids of the "
-                             "end-of-thinking text, e.g. `tokenizer.encode('</think>', add_special_tokens=False)`.")
-        if self.max_new_tokens and self.block_length and self.max_new_tokens % self.block_length:
-            raise ValueError(
-                f"`block_length` ({self.block_length}) must divide `max_new_tokens` ({self.max_new_tokens}): "
-                f"use a multiple of {self.block_length}, or a block length among the divisors of {self.max_new_tokens}."
-            )
-        if self.max_new_tokens and self.steps and self.threshold is None and not self.parallel_decoding:
-            num_blocks = self.max_new_tokens // (self.block_length or self.max_new_tokens)
-            if self.steps % num_blocks:
-                raise ValueError(
-                    f"`steps` ({self.steps}) must be a multiple of the number of blocks ({num_blocks} = "
-                    f"max_new_tokens {self.max_new_tokens} / block_length {self.block_length}), so that every "
-                    "block gets the same number of steps."
-                )
-
-    def update(self, **kwargs):
-        """Set known knobs (aliases accepted), re-validate, and return the unused kwargs (transformers' contract)."""
-        for alias, name in ALIASES.items():
-            if alias in kwargs:
-                kwargs[name] = kwargs.pop(alias)
-        unused = {}
-        for key, value in kwargs.items():
-            if key in _defaults():
-                setattr(self, key, value)
-            else:
-                unused[key] = value
-        self.validate()
-        return unused
-
-    def merged(self, **overrides) -> "IlladaGenerationConfig":
-        """A validated copy with `overrides` applied; unknown names raise.
-
-        A `max_new_tokens` override alone keeps the saved schedule's shape, so `generate(ids, max_new_tokens=n)` works
-        whatever the saved `steps` and `block_length` (see `resized`); knobs given with it are used as given."""
-        knobs = self.knobs()
-        for alias, name in ALIASES.items():
-            if alias in overrides:
-                overrides[name] = overrides.pop(alias)
-        knobs.update(overrides)
-        if overrides.get("max_new_tokens"):
-            knobs.update(self.resized(overrides["max_new_tokens"], keep=set(overrides)))
-        return type(self)(**knobs)
-
-    def resized(self, max_new_tokens: int, keep=()) -> dict:
-        """`block_length` and `steps` for generating `max_new_tokens` instead of the saved `max_new_tokens` (those
-        named in `keep` stay as they are):
-
-        * `block_length`: the saved one when it divides the new length; the whole length when that is shorter than
-          a block; otherwise the largest divisor of the new length below the saved block (logged);
-        * `steps`: the saved tokens per step (`max_new_tokens / steps`) kept, rounded up to a multiple of the
-          number of blocks so that every block gets as many steps; `None` (one token per step) stays `None`.
-        """
-        changes, block = {}, self.block_length
-        if "block_length" not in keep and block and max_new_tokens % block:
-            divisor = max(d for d in range(1, block + 1) if max_new_tokens % d == 0)
-            changes["block_length"] = max_new_tokens if max_new_tokens < block else divisor
-            if max_new_tokens > block:
-                logger.warning(f"`block_length` {block} does not divide `max_new_tokens` {max_new_tokens}: using "
-                               f"blocks of {divisor}. Pass `block_length` to choose.")
-            block = changes["block_length"]
-        if "steps" not in keep and self.steps and self.max_new_tokens:
-            blocks = max(max_new_tokens // (block or max_new_tokens), 1)  # (a bad block is validate's to report)
-            steps = max(round(max_new_tokens * self.steps / self.max_new_tokens), 1)
-            changes["steps"] = -(-steps // blocks) * blocks  # up to a multiple of the number of blocks
-        return changes
-
-    @classmethod
-    def from_dict(cls, config_dict: dict, **kwargs) -> "IlladaGenerationConfig":
-        """Load a `generation_config.json`. Keys written for autoregressive decoding (an official checkpoint's
-        `do_sample`, `num_beams`, ...) are ignored with a warning; constructing the config directly refuses them."""
-        known = set(_defaults()) | set(ALIASES) | set(_METADATA)
-        ignored = sorted(k for k in config_dict if k not in known)
-        if ignored:
-            logger.warning(f"Ignoring generation_config keys that diffusion decoding does not use: {ignored}")
-        return super().from_dict({k: v for k, v in config_dict.items() if k in known}, **kwargs)
-
-    @staticmethod
-    def _get_default_generation_params() -> dict:
-        return _defaults()
-
-    @classmethod
-    def from_model_config(cls, model_config) -> "IlladaGenerationConfig":
-        """Special token ids from the model config; every other knob at its default."""
-        get = model_config.get if isinstance(model_config, dict) else lambda k, d=None: getattr(model_config, k, d)
-        config = cls(
-            mask_token_id=get("mask_token_id"),
-            eos_token_id=get("eos_token_id"),
-            pad_token_id=get("pad_token_id"),
-            bos_token_id=get("bos_token_id"),
-        )
-        config._from_model_config = True
-        return config
-
-    def get_generation_mode(self, *args, **kwargs):
-        raise NotImplementedError("IlladaGenerationConfig describes diffusion decoding; it has no autoregressive mode.")
 
 
 @dataclass
@@ -358,6 +79,145 @@ class DenoisingStep:
     mask_token_id: int
 
 
+@dataclass(frozen=True)
+class GenerationPlan:
+    """The layout of one `generate()` run, computed once from the config and the prompt (`make`): what is denoised
+    and in which blocks. Its checks (with `generation_config.layout`) are the only ones on lengths and divisibility.
+
+    Attributes:
+        prompt_length: columns of the prompt (left padding included).
+        new_tokens: mask tokens appended after the prompt (0: only the prompt's holes are filled).
+        region_start: first column denoised: the prompt's end, or its first hole when infilling.
+        block_length, num_blocks, steps_per_block: the semi-autoregressive blocks over the region.
+        threshold: parallel decoding's confidence threshold, or None (the schedule decides the counts).
+        early_stop: rows that wrote an end token get EOS for the rest, and the run stops when all have.
+        variable_length: blocks of masks are appended one at a time.
+    """
+
+    prompt_length: int
+    new_tokens: int
+    region_start: int
+    block_length: int
+    num_blocks: int
+    steps_per_block: int
+    threshold: float | None
+    early_stop: bool
+    variable_length: bool
+
+    @classmethod
+    def make(cls, config: IlladaGenerationConfig, prompt_length: int, infill: bool, context: int, end_ids: list,
+             explicit: set, holes_start: int | None = None) -> "GenerationPlan":
+        """The plan for `config` on a prompt of `prompt_length` columns (`infill`: it holds holes, the first at
+        column `holes_start`) in a model of `context` positions. `explicit` names the knobs the caller passed."""
+        new_tokens = config.max_new_tokens
+        if "max_new_tokens" not in explicit and config.max_length is not None:
+            new_tokens = config.max_length - prompt_length
+            if new_tokens < 0:
+                raise ValueError(f"`max_length` ({config.max_length}) is shorter than the prompt ({prompt_length}).")
+        if new_tokens == 0 and not infill:
+            raise ValueError("`max_new_tokens` is 0 and the input holds no mask token: there is nothing to generate.")
+        if config.variable_length and infill:
+            raise ValueError("`variable_length` generation appends blocks; it cannot be combined with infilling.")
+        if config.suffix_window is not None and infill:
+            raise ValueError("`suffix_window` hides the canvas after the block; it cannot be combined with infilling "
+                             "(the text after the holes must stay visible): set `suffix_window=None`.")
+        total = prompt_length + new_tokens
+        if total > context:
+            raise ValueError(f"Prompt ({prompt_length}) plus `max_new_tokens` ({new_tokens}) = {total} exceeds the "
+                             f"context (`max_position_embeddings` = {context}).")
+        region_start = holes_start if infill else prompt_length
+        region = total - region_start
+        block = config.block_length or region
+        if infill and new_tokens == 0 and "block_length" not in explicit:
+            block = region  # pure infilling: one block over the holes, whatever the model's default
+        what = "the generated region" + (" from the first mask in the prompt" if infill else "")
+        block, blocks, steps_per_block = layout(region, block, config.steps, config.effective_threshold, what)
+        return cls(prompt_length, new_tokens, region_start, block, blocks, steps_per_block,
+                   config.effective_threshold, config.eos_early_stop and not infill and bool(end_ids),
+                   config.variable_length)
+
+    def block(self, index: int) -> tuple[int, int]:
+        """Columns `[start, end)` of block `index`."""
+        start = self.region_start + index * self.block_length
+        return start, start + self.block_length
+
+    @property
+    def first_canvas_masks(self) -> int:
+        """Masks appended to the prompt before the first block: all of them, or one block with variable length."""
+        return self.block_length if self.variable_length else self.new_tokens
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One denoising step's outcome over the block: candidates `x0`, their `confidence`, which were `revealed`
+    `(B, Lb)` each, and the shaped `logits` `(B, Lb, V)`."""
+
+    x0: torch.Tensor
+    confidence: torch.Tensor
+    revealed: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
+class Denoiser:
+    """The policies of one run, looked up once, and the step they make together (`step`)."""
+
+    plan: GenerationPlan
+    config: IlladaGenerationConfig
+    mask_id: int
+    eos_ids: list
+    end_ids: list
+    guidance: object
+    cache: object
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        self.remasking = REMASKING[self.config.remasking]
+        self.schedule = SCHEDULES[self.config.schedule]
+        self.end_tensor = torch.tensor(self.end_ids) if self.end_ids else None
+
+    def step(self, x, attention, positions, block_start, block_end, eligible, counts, block_step) -> StepResult:
+        """One denoising step over the block `[block_start, block_end)` of the canvas `x` `(B, L)` (changed in
+        place): `eligible` `(B, Lb)` its still-masked positions, `counts` `(B,)` how many each row reveals."""
+        config, batch = self.config, x.shape[0]
+        # 3.b.i. forward (CFG doubles the batch)
+        guided_x, guided_attention = self.guidance.batch(x, attention)
+        guided_positions = positions.repeat(guided_x.shape[0] // batch, 1)
+        logits = self.cache.logits(guided_x, guided_attention, guided_positions, block_start, block_end, block_step)
+        logits = self.guidance.combine(logits)  # (B, Lb, V)
+        # 3.b.ii. shape (SHAPING) and sample candidates
+        context = ShapingContext(x, eligible, block_start, self.plan.prompt_length, self.plan.new_tokens,
+                                 tuple(self.eos_ids), self.mask_id, config)
+        logits = shape_logits(logits, context)
+        x0 = sample_candidates(logits, config.temperature, config.top_k, config.top_p, self.generator,
+                               self.mask_id)  # (B, Lb)
+        # 3.b.iii. score; EOS/EOT ranked last if asked
+        confidence = self.remasking(logits, x0, self.generator).float()  # (B, Lb)
+        if config.confidence_eos_eot_inf and self.end_tensor is not None:
+            is_end = torch.isin(x0, self.end_tensor.to(x0.device))
+            confidence = confidence.masked_fill(is_end, torch.finfo(confidence.dtype).min)
+        # 3.b.iv. reveal
+        revealed = choose_reveals(confidence, eligible, counts, self.plan.threshold)  # (B, Lb)
+        x[:, block_start:block_end] = torch.where(revealed, x0, x[:, block_start:block_end])
+        return StepResult(x0, confidence, revealed, logits)
+
+
+def step_report(result: StepResult, x, index: int, block: int, block_start: int, block_end: int, prompt_length: int,
+                mask_id: int) -> "DenoisingStep":
+    """The `DenoisingStep` `on_step` receives: copies of the canvas and of this step's reveals, confidences and
+    probabilities, over the whole canvas (NaN where nothing was revealed)."""
+    revealed = torch.zeros_like(x, dtype=torch.bool)  # (B, L)
+    revealed[:, block_start:block_end] = result.revealed
+    confidence = torch.full(x.shape, float("nan"), device=x.device)  # (B, L)
+    confidence[:, block_start:block_end] = result.confidence.masked_fill(~result.revealed, float("nan"))
+    chosen = torch.gather(result.logits.float().softmax(-1), -1, result.x0[..., None]).squeeze(-1)  # (B, Lb)
+    probability = torch.full(x.shape, float("nan"), device=x.device)  # (B, L)
+    probability[:, block_start:block_end] = chosen.masked_fill(~result.revealed, float("nan"))
+    return DenoisingStep(step=index, block=block, block_start=block_start, block_end=block_end,
+                         prompt_length=prompt_length, tokens=x.clone(), revealed=revealed, confidence=confidence,
+                         probability=probability, mask_token_id=mask_id)
+
+
 def sample_candidates(
     logits: torch.Tensor, temperature: float, top_k=None, top_p=None, generator=None, banned: int | None = None
 ) -> torch.Tensor:
@@ -385,34 +245,6 @@ def sample_candidates(
     noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
     # exp(l) / (-log u)^T has the argmax of l - T * log(-log u): sampling from softmax(l / T)
     return (logits - temperature * torch.log(-torch.log(noise))).argmax(dim=-1)
-
-
-def boost_end_think(logits, x, eligible, block_start: int, prompt_length: int, budget: int, token_ids,
-                    boost: float, power: float) -> torch.Tensor:
-    """iLLaDA's end-of-thinking control (see `IlladaGenerationConfig.end_think_logit_boost`): `logits` `(B, Lb, V)`
-    of the block `[block_start, block_start + Lb)` of canvas `x` `(B, L)`, with `eligible` `(B, Lb)` its masked
-    positions. Returns the logits with one entry raised in each row that has not yet written `token_ids`."""
-    sequence = torch.tensor(token_ids, device=x.device)  # (n,)
-    n, batch = len(token_ids), x.shape[0]
-    generated = x[:, prompt_length:]  # (B, G)
-    written = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    if generated.shape[1] >= n:
-        written = (generated.unfold(1, n, 1) == sequence).all(-1).any(-1)  # (B,) the sequence already appears
-    active = eligible.any(-1) & ~written  # (B,)
-    first = eligible.int().argmax(-1)  # (B,) first masked position of the block
-    column = block_start + first  # (B,)
-    token = sequence[0].expand(batch).clone()  # (B,) the next token of the sequence
-    matched = torch.zeros(batch, dtype=torch.bool, device=x.device)
-    for k in range(n - 1, 0, -1):  # the longest prefix of the sequence that ends just before the column wins
-        before = x.gather(1, (column[:, None] + torch.arange(-k, 0, device=x.device)).clamp(min=0))  # (B, k)
-        fits = (column - prompt_length >= k) & (before == sequence[:k]).all(-1) & ~matched
-        token = torch.where(fits, sequence[k], token)
-        matched |= fits
-    progress = ((column - prompt_length + 1).double() / budget).clamp(0, 1)  # (B,)
-    rows = active.nonzero().squeeze(-1)
-    logits = logits.clone()
-    logits[rows, first[rows], token[rows]] += (boost * progress[rows] ** power).to(logits.dtype)
-    return logits
 
 
 def _check_shifted_prompt(attention_mask: torch.Tensor, holes: torch.Tensor) -> None:
@@ -450,23 +282,23 @@ class IlladaGenerationMixin:
         tokenizer=None,
         generator: torch.Generator | None = None,
         **kwargs,
-    ) -> torch.LongTensor | IlladaGenerationOutput:
+    ) -> "torch.LongTensor | IlladaGenerationOutput":
         """
         Generate by iterative unmasking. The algorithm (numbers reappear as comments in the body):
 
         ```
         1. Resolve the generation config (model defaults < `generation_config` < kwargs) and validate it.
-        2. Lay out the canvas: prompt, then `max_new_tokens` mask tokens (one block at a time with
-           `variable_length`); mask tokens already in the prompt are filled in place.
+        2. Plan the run (`GenerationPlan`) and lay out the canvas: prompt, then `max_new_tokens` mask tokens (one
+           block at a time with `variable_length`); mask tokens already in the prompt are filled in place.
         3. For each block, left to right:
             a. Spread the block's masks over its steps with the schedule.
-            b. For each step (a step whose schedule reveals nothing in any row is skipped: no forward):
+            b. For each step (a step whose schedule reveals nothing in any row is skipped: no forward), `Denoiser.step`:
                 i.   Forward the canvas (conditional and, with CFG, unconditional) for the block's logits.
-                ii.  Shape logits (end-of-thinking boost, EOS ban), sample candidates x0 (Gumbel-max in
-                     float64).
+                ii.  Shape logits (`shaping.SHAPING`: end-of-thinking boost, repetition penalty, EOS ban), sample
+                     candidates x0 (Gumbel-max in float64).
                 iii. Score candidates with the remasking strategy; rank EOS/EOT last if asked.
                 iv.  Reveal the best `counts[step]` masked positions of the block (or all above `threshold`).
-                v.   Report: history, streamer draft, `on_step(DenoisingStep)`.
+                v.   Report: history, streamer draft, `on_step(DenoisingStep)` (`step_report`).
             c. Commit: stream the block; rows that produced an end token or stop string are finished.
             d. Stop when every row is finished.
         4. Return the sequences, or an `IlladaGenerationOutput` with forward counts and history.
@@ -488,163 +320,74 @@ class IlladaGenerationMixin:
         # 1. Resolve the generation config
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
-        if inputs is None:
-            raise ValueError("`generate` needs `inputs` (the prompt ids, shape (batch, length)).")
-        base = generation_config if generation_config is not None else self.generation_config
-        if not isinstance(base, IlladaGenerationConfig):
-            base = IlladaGenerationConfig(**{k: v for k, v in base.to_dict().items() if k in _defaults()})
-        config = base.merged(**kwargs)
+        config = self._run_config(generation_config, kwargs)
+        kwargs = resolve_aliases(kwargs)
         mask_id = config.mask_token_id if config.mask_token_id is not None else self.config.mask_token_id
         if mask_id is None:
             raise ValueError(
                 "No mask token id: set `mask_token_id` in the generation config, the model config, or pass "
                 "`mask_token_id=` (iLLaDA uses 5; LLaDA checkpoints declare theirs in config.json)."
             )
-        eos_ids = _as_id_list(config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id)
-        end_ids = eos_ids + _as_id_list(config.eot_token_id)
-        if config.stop_strings and tokenizer is None:
-            raise ValueError("`stop_strings` needs the tokenizer: pass `tokenizer=` to `generate`.")
-        if config.end_think_logit_boost > 0 and max(config.end_think_token_ids) >= self.config.vocab_size:
-            raise ValueError(f"`end_think_token_ids` {config.end_think_token_ids} must lie in [0, vocab_size="
-                             f"{self.config.vocab_size}).")
+        eos_ids = as_id_list(config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id)
+        end_ids = eos_ids + as_id_list(config.eot_token_id)
+        self._check_ids(config, mask_id, end_ids, tokenizer)
 
-        # 2. Lay out the canvas
-        if inputs.dim() == 1:
-            inputs = inputs[None]
-        if inputs.dim() != 2:
-            raise ValueError(f"`inputs` must have shape (batch, length), got {tuple(inputs.shape)}.")
-        device = self.device if hasattr(self, "device") else inputs.device
-        prompt = inputs.to(device)
-        batch, prompt_len = prompt.shape  # (B, P)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(prompt)
-        elif tuple(attention_mask.shape) != (batch, prompt_len):
-            raise ValueError(f"`attention_mask` must have the prompt's shape {(batch, prompt_len)}, got {tuple(attention_mask.shape)}.")
-        attention_mask = attention_mask.to(device).long()
-        new_tokens = config.max_new_tokens
-        if kwargs.get("max_new_tokens") is None and "gen_length" not in kwargs and config.max_length is not None:
-            new_tokens = config.max_length - prompt_len
-            if new_tokens < 0:
-                raise ValueError(f"`max_length` ({config.max_length}) is shorter than the prompt ({prompt_len}).")
-        prompt_masks = (prompt == mask_id) & attention_mask.bool()  # infilling targets, (B, P)
-        infill = bool(prompt_masks.any())
-        if new_tokens == 0 and not infill:
-            raise ValueError("`max_new_tokens` is 0 and the input holds no mask token: there is nothing to generate.")
-        if config.variable_length and infill:
-            raise ValueError("`variable_length` generation appends blocks; it cannot be combined with infilling.")
-        if config.suffix_window is not None and infill:
-            raise ValueError("`suffix_window` hides the canvas after the block; it cannot be combined with infilling "
-                             "(the text after the holes must stay visible): set `suffix_window=None`.")
-        total = prompt_len + new_tokens
-        if total > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Prompt ({prompt_len}) plus `max_new_tokens` ({new_tokens}) = {total} exceeds the context "
-                f"(`max_position_embeddings` = {self.config.max_position_embeddings})."
-            )
+        # 2. Plan the run and lay out the canvas
+        prompt, attention = self._prompt(inputs, attention_mask)  # (B, P) each
+        batch, prompt_len = prompt.shape
+        holes = (prompt == mask_id) & attention.bool()  # infilling targets, (B, P)
+        infill = bool(holes.any())
         if logit_shift(self.config):
-            _check_shifted_prompt(attention_mask, prompt_masks)
-        region_start = int(prompt_masks.any(0).nonzero()[0]) if infill else prompt_len
-        region = total - region_start
-        block_length = config.block_length or (region if infill else new_tokens)
-        if infill and new_tokens == 0 and "block_length" not in kwargs:
-            block_length = region  # pure infilling: one block over the holes, whatever the model's default
-        if region % block_length:
-            raise ValueError(
-                f"`block_length` ({block_length}) must divide the generated region ({region} tokens"
-                f"{' from the first mask in the prompt' if infill else ''})."
-            )
-        num_blocks = region // block_length
-        steps = config.steps or region
-        threshold = config.threshold
-        if threshold is None and config.parallel_decoding:
-            threshold = PARALLEL_DECODING_THRESHOLD
-        if threshold is None and steps % num_blocks:
-            raise ValueError(f"`steps` ({steps}) must be a multiple of the number of blocks ({num_blocks}).")
-        steps_per_block = max(steps // num_blocks, 1)
-        early_stop = config.eos_early_stop and not infill and bool(end_ids)
-
+            _check_shifted_prompt(attention, holes)
+        try:
+            plan = GenerationPlan.make(config, prompt_len, infill, self.config.max_position_embeddings, end_ids,
+                                       set(kwargs), int(holes.any(0).nonzero()[0]) if infill else None)
+        except ValueError as error:
+            raise ValueError(self._explain(error, generation_config, kwargs)) from None
         prompt_index = torch.cat(  # conditioning positions, (B, L): what CFG hides
-            [~prompt_masks, torch.zeros(batch, new_tokens, dtype=torch.bool, device=device)], dim=1
-        )
-        guidance = guidance_for(config.cfg_scale, mask_id, prompt_index)
-        remasking = REMASKING[config.remasking]
-        schedule = SCHEDULES[config.schedule]
-        cache = CACHES[config.cache](self, config=config)
-        first_block_len = block_length if config.variable_length else new_tokens
-        x = torch.cat([prompt, prompt.new_full((batch, first_block_len), mask_id)], dim=1)  # (B, P + n)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+            [~holes, torch.zeros(batch, plan.new_tokens, dtype=torch.bool, device=prompt.device)], dim=1)
+        denoiser = Denoiser(plan, config, mask_id, eos_ids, end_ids, guidance_for(config.cfg_scale, mask_id, prompt_index),
+                            CACHES[config.cache](self, config=config), generator)
+        x = torch.cat([prompt, prompt.new_full((batch, plan.first_canvas_masks), mask_id)], dim=1)  # (B, P + n)
+        finished = torch.zeros(batch, dtype=torch.bool, device=x.device)  # (B,)
         history = [] if config.output_history else None
-        step_index = 0
-        revealed_total = 0  # tokens committed by denoising (not EOS fill), summed over rows
-        stopped = False  # set when on_step returns True
+        step_index, revealed_total, stopped = 0, 0, False  # revealed: by denoising (not EOS fill), over rows
         if streamer is not None:
             streamer.put(prompt.cpu())
 
         # 3. Blocks, left to right
-        for block in range(num_blocks):
-            block_start = region_start + block * block_length
-            block_end = block_start + block_length
+        for block in range(plan.num_blocks):
+            block_start, block_end = plan.block(block)
             if x.shape[1] < block_end:  # variable length: append the next block of masks only now
                 fill = torch.where(finished, eos_ids[0] if eos_ids else mask_id, mask_id)[:, None]  # (B, 1)
                 x = torch.cat([x, fill.expand(batch, block_end - x.shape[1])], dim=1)
-            mask = torch.cat([attention_mask, attention_mask.new_ones(batch, x.shape[1] - prompt_len)], dim=1)  # (B, L)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): padded rows see their own positions
-            batch_x_mask = None if bool(mask.all()) else mask
+            canvas_attention = torch.cat([attention, attention.new_ones(batch, x.shape[1] - prompt_len)], dim=1)  # (B, L)
+            positions = (canvas_attention.cumsum(-1) - 1).clamp(min=0)  # (B, L): padded rows see their own positions
+            padding = None if bool(canvas_attention.all()) else canvas_attention
+            in_block = canvas_attention[:, block_start:block_end].bool()  # (B, Lb)
 
             # 3.a. the schedule of this block
-            block_masked = (x[:, block_start:block_end] == mask_id) & mask[:, block_start:block_end].bool()  # (B, Lb)
-            counts = schedule(block_masked.sum(-1), steps_per_block)  # (B, steps_per_block)
-            block_step = 0
-            while True:
-                eligible = (x[:, block_start:block_end] == mask_id) & mask[:, block_start:block_end].bool()  # (B, Lb)
-                if not eligible.any() or (threshold is None and block_step >= steps_per_block):
+            counts = denoiser.schedule(((x[:, block_start:block_end] == mask_id) & in_block).sum(-1),
+                                       plan.steps_per_block)  # (B, steps_per_block)
+            for block_step in range(plan.block_length if plan.threshold is not None else plan.steps_per_block):
+                eligible = (x[:, block_start:block_end] == mask_id) & in_block  # (B, Lb)
+                if not eligible.any():
                     break
-                step_counts = counts[:, min(block_step, steps_per_block - 1)]  # (B,)
-                if threshold is None and not bool(step_counts.any()):  # reveals nothing: the canvas stays, no forward
-                    block_step += 1
+                step_counts = counts[:, min(block_step, plan.steps_per_block - 1)]  # (B,)
+                if plan.threshold is None and not bool(step_counts.any()):  # reveals nothing: no forward
                     continue
-                # 3.b.i. forward (CFG doubles the batch)
-                guided_x, guided_mask = guidance.batch(x, batch_x_mask)
-                guided_positions = position_ids.repeat(guided_x.shape[0] // batch, 1)
-                logits = cache.logits(guided_x, guided_mask, guided_positions, block_start, block_end, block_step)
-                logits = guidance.combine(logits)  # (B, Lb, V)
-                # 3.b.ii. shape and sample
-                if config.end_think_logit_boost > 0:
-                    logits = boost_end_think(logits, x, eligible, block_start, prompt_len, new_tokens,
-                                             config.end_think_token_ids, config.end_think_logit_boost,
-                                             config.end_think_boost_power)
-                if config.logits_eos_inf and eos_ids:
-                    logits[..., eos_ids] = -torch.inf
-                x0 = sample_candidates(logits, config.temperature, config.top_k, config.top_p, generator, mask_id)  # (B, Lb)
-                # 3.b.iii. score
-                confidence = remasking(logits, x0, generator).float()  # (B, Lb)
-                if config.confidence_eos_eot_inf and end_ids:
-                    is_end = torch.isin(x0, torch.tensor(end_ids, device=device))
-                    confidence = confidence.masked_fill(is_end, torch.finfo(confidence.dtype).min)
-                # 3.b.iv. reveal
-                reveal = choose_reveals(confidence, eligible, step_counts, threshold)  # (B, Lb)
-                x[:, block_start:block_end] = torch.where(reveal, x0, x[:, block_start:block_end])
-                revealed_total += int(reveal.sum())
+                # 3.b. one denoising step (i-iv in `Denoiser.step`)
+                result = denoiser.step(x, padding, positions, block_start, block_end, eligible, step_counts, block_step)
+                revealed_total += int(result.revealed.sum())
                 # 3.b.v. report
                 if history is not None:
                     history.append(x.clone())
                 if streamer is not None and hasattr(streamer, "put_draft"):
                     streamer.put_draft(value=x[:, prompt_len:].cpu())
                 if on_step is not None:
-                    revealed = torch.zeros_like(x, dtype=torch.bool)
-                    revealed[:, block_start:block_end] = reveal
-                    scores = torch.full(x.shape, float("nan"), device=device)
-                    scores[:, block_start:block_end] = confidence.masked_fill(~reveal, float("nan"))
-                    probability = torch.full(x.shape, float("nan"), device=device)
-                    chosen = torch.gather(logits.float().softmax(-1), -1, x0[..., None]).squeeze(-1)  # (B, Lb)
-                    probability[:, block_start:block_end] = chosen.masked_fill(~reveal, float("nan"))
-                    stopped = on_step(DenoisingStep(
-                        step=step_index, block=block, block_start=block_start, block_end=block_end,
-                        prompt_length=prompt_len, tokens=x.clone(), revealed=revealed, confidence=scores,
-                        probability=probability, mask_token_id=mask_id,
-                    )) is True
+                    report = step_report(result, x, step_index, block, block_start, block_end, prompt_len, mask_id)
+                    stopped = on_step(report) is True
                 step_index += 1
-                block_step += 1
                 if stopped:
                     break
             if stopped:  # the caller's on_step asked to stop: return the canvas as it is
@@ -653,15 +396,14 @@ class IlladaGenerationMixin:
             # 3.c. commit
             if streamer is not None:
                 streamer.put(x[:, block_start:block_end].cpu())
-            newly_done = self._rows_finished(x[:, prompt_len:block_end], end_ids, config.stop_strings, tokenizer)
-            if early_stop or config.variable_length:
-                finished |= newly_done
-                if early_stop and bool(finished.any()):  # finished rows: the rest of the canvas is EOS
+            if plan.early_stop or plan.variable_length:
+                finished |= self._rows_finished(x[:, prompt_len:block_end], end_ids, config.stop_strings, tokenizer)
+                if plan.early_stop and bool(finished.any()):  # finished rows: the rest of the canvas is EOS
                     tail = x[:, block_end:]
                     x[:, block_end:] = torch.where(finished[:, None] & (tail == mask_id), eos_ids[0], tail)
-            # 3.d. stop
-            if (early_stop or config.variable_length) and bool(finished.all()):
-                break
+                # 3.d. stop
+                if bool(finished.all()):
+                    break
 
         if streamer is not None:
             streamer.end()
@@ -669,14 +411,77 @@ class IlladaGenerationMixin:
         # 4. Return
         if not config.return_dict_in_generate:
             return x
-        forwards = cache.forward_passes
+        forwards = denoiser.cache.forward_passes
         return IlladaGenerationOutput(
-            sequences=x,
-            num_forward_passes=forwards,
-            num_positions_processed=cache.positions_processed,
+            sequences=x, num_forward_passes=forwards, num_positions_processed=denoiser.cache.positions_processed,
             tokens_per_forward=revealed_total / batch / max(forwards, 1),
             history=tuple(history) if history is not None else None,
         )
+
+    def _run_config(self, generation_config, kwargs) -> IlladaGenerationConfig:
+        """The model's defaults < `generation_config` < `kwargs`, validated. An error names each knob as the caller
+        passed it (an alias too), and says so when the offending value came from the model's saved config."""
+        base = generation_config if generation_config is not None else self.generation_config
+        if not isinstance(base, IlladaGenerationConfig):
+            base = IlladaGenerationConfig(**{k: v for k, v in base.to_dict().items() if k in _defaults()})
+        try:
+            return base.merged(**kwargs)
+        except ValueError as error:
+            raise ValueError(self._explain(error, generation_config, kwargs)) from None
+
+    def _explain(self, error: ValueError, generation_config, kwargs) -> str:
+        """An error's message with each knob named as the caller passed it (an alias too), and, when the offending
+        value came from the model's saved generation config, saying so."""
+        message = str(error)
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                message = message.replace(f"`{name}`", f"`{alias}` (`{name}`)")
+        if generation_config is None and isinstance(self.generation_config, IlladaGenerationConfig):
+            given = set(resolve_aliases({k: None for k in kwargs}))
+            saved = [k for k in _defaults() if getattr(self.generation_config, k) != _defaults()[k]
+                     and k not in given and f"`{k}`" in message]
+            if saved:
+                message += (f" (`{saved[0]}` = {getattr(self.generation_config, saved[0])!r} comes from the model's "
+                            f"saved generation config: pass `{saved[0]}=` to override it)")
+        return message
+
+    def _prompt(self, inputs, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(prompt, attention)` on the model's device, checked: integer ids in the vocabulary, a 0/1 mask."""
+        if inputs is None:
+            raise ValueError("`generate` needs `inputs` (the prompt ids, shape (batch, length)).")
+        if not isinstance(inputs, torch.Tensor):
+            raise ValueError(f"`inputs` must be a tensor of token ids, got {type(inputs).__name__}: pass "
+                             "`torch.tensor([ids])` (or the tokenizer's `return_tensors='pt'`).")
+        if inputs.is_floating_point() or inputs.is_complex() or inputs.dtype == torch.bool:
+            raise ValueError(f"`inputs` must hold integer token ids, got a {inputs.dtype} tensor.")
+        if inputs.dim() == 1:
+            inputs = inputs[None]
+        if inputs.dim() != 2:
+            raise ValueError(f"`inputs` must have shape (batch, length), got {tuple(inputs.shape)}.")
+        vocab = self.config.vocab_size
+        if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= vocab):
+            raise ValueError(f"`inputs` holds ids outside the vocabulary [0, {vocab}): min {int(inputs.min())}, "
+                             f"max {int(inputs.max())}.")
+        device = self.device if hasattr(self, "device") else inputs.device
+        prompt = inputs.to(device).long()
+        if attention_mask is None:
+            return prompt, torch.ones_like(prompt)
+        if tuple(attention_mask.shape) != tuple(prompt.shape):
+            raise ValueError(f"`attention_mask` must have the prompt's shape {tuple(prompt.shape)}, "
+                             f"got {tuple(attention_mask.shape)}.")
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("`attention_mask` must hold 0 (padding) and 1 (token) only; got other values.")
+        return prompt, attention_mask.to(device).long()
+
+    def _check_ids(self, config, mask_id: int, end_ids: list, tokenizer) -> None:
+        vocab = self.config.vocab_size
+        for name, ids in (("mask_token_id", [mask_id]), ("eos_token_id / eot_token_id", end_ids),
+                          ("end_think_token_ids", config.end_think_token_ids or [])):
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"`{name}` {bad} must lie in [0, vocab_size={vocab}).")
+        if config.stop_strings and tokenizer is None:
+            raise ValueError("`stop_strings` needs the tokenizer: pass `tokenizer=` to `generate`.")
 
     @staticmethod
     def _rows_finished(generated: torch.Tensor, end_ids: list[int], stop_strings, tokenizer) -> torch.Tensor:
@@ -728,9 +533,14 @@ class IlladaGenerationMixin:
             )
         except OSError:
             return  # no generation_config.json: keep the defaults derived from the model config
+        except ValueError as error:  # a file that is there but wrong is an error naming it, never skipped
+            where = f"{pretrained_model_name_or_path}/{subfolder + '/' if subfolder else ''}generation_config.json"
+            message = str(error)
+            raise ValueError(message if "generation_config.json" in message else f"{where}: {message}") from None
         if loaded.mask_token_id is None:
             loaded.mask_token_id = self.config.mask_token_id
         self.generation_config = loaded
 
 
-__all__ = ["IlladaGenerationConfig", "IlladaGenerationOutput", "IlladaGenerationMixin", "DenoisingStep"]
+__all__ = ["IlladaGenerationConfig", "IlladaGenerationOutput", "IlladaGenerationMixin", "DenoisingStep",
+           "GenerationPlan", "Denoiser", "StepResult", "step_report", "sample_candidates"]

@@ -112,3 +112,110 @@ def test_non_utf8_text_warns_and_jsonl_names_file_and_line(tmp_path):
     chats.write_bytes(b'{"messages": []}\n' + '{"x": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match="chats.jsonl:2: not UTF-8"):
         read_conversations([chats])
+
+
+# --- generation: every knob checked by name, the model's ids and masks checked against the model --------------------
+
+from conftest import tiny_model as _tiny  # noqa: E402
+from modeling_illada import IlladaGenerationConfig  # noqa: E402
+
+BAD_KNOBS = [
+    (dict(temperature=float("inf")), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature="0.5"), "temperature"), (dict(cfg_scale=float("nan")), "cfg_scale"),
+    (dict(cfg_scale=float("inf")), "cfg_scale"), (dict(top_p=float("nan")), "top_p"), (dict(top_k=0), "top_k"),
+    (dict(threshold=0.0), "threshold"), (dict(threshold=float("nan")), "threshold"),
+    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+    (dict(output_history="no"), "output_history"), (dict(eos_early_stop=1), "eos_early_stop"),
+    (dict(variable_length="yes"), "variable_length"), (dict(stop_strings=[""]), "stop_strings"),
+    (dict(stop_strings=[3]), "stop_strings"), (dict(eos_token_id=-1), "eos_token_id"),
+    (dict(eot_token_id=-2), "eot_token_id"), (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(steps=2.5), "steps"), (dict(block_length=True), "block_length"), (dict(suffix_window=-1), "suffix_window"),
+    (dict(cache="full"), "cache"), (dict(remasking=None), "remasking"), (dict(mask_token_id=-3), "mask_token_id"),
+]
+
+
+@pytest.mark.parametrize("knobs,name", BAD_KNOBS, ids=[str(k) for k, _ in BAD_KNOBS])
+def test_every_generation_knob_is_checked_by_name(knobs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        IlladaGenerationConfig(**knobs)
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        _tiny().generate(torch.tensor([[5, 6, 7]]), **{"max_new_tokens": 4, **knobs})
+
+
+@pytest.mark.parametrize("inputs,message", [
+    (torch.tensor([[5.0, 6.0]]), "integer token ids"), (torch.tensor([[True, False]]), "integer token ids"),
+    ([[5, 6]], "a tensor of token ids"), (torch.tensor([[5, 64]]), "outside the vocabulary"),
+    (torch.tensor([[-1, 5]]), "outside the vocabulary"), (torch.zeros(1, 2, 3, dtype=torch.long), "shape"),
+])
+def test_bad_prompts_are_named(inputs, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny().generate(inputs, max_new_tokens=4)
+
+
+@pytest.mark.parametrize("mask", [[[1, 0.9, 1]], [[1, 2, 1]], [[1, -1, 1]]])
+def test_attention_masks_other_than_0_and_1_are_refused(mask):
+    with pytest.raises(ValueError, match="`attention_mask` must hold 0"):
+        _tiny().generate(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor(mask), max_new_tokens=4)
+
+
+def test_end_ids_beyond_the_vocabulary_are_refused():
+    with pytest.raises(ValueError, match=r"eos_token_id / eot_token_id.*\[99\].*vocab_size=64"):
+        _tiny().generate(torch.tensor([[5, 6]]), max_new_tokens=4, eos_token_id=99)
+
+
+def test_errors_name_the_knob_as_passed_and_where_it_came_from():
+    model = _tiny()
+    with pytest.raises(ValueError, match=r"`gen_length` \(`max_new_tokens`\)"):
+        model.generate(torch.tensor([[5, 6]]), gen_length=10, block_length=4)
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=8, suffix_window=4, mask_token_id=MASK)
+    with pytest.raises(ValueError, match="`suffix_window` = 4 comes from the model's saved generation config"):
+        model.generate(torch.tensor([[5, MASK, 6]]), max_new_tokens=0)  # infilling, which a suffix window cannot do
+
+
+def test_a_broken_generation_config_json_is_an_error_naming_the_file(tmp_path):
+    from transformers import AutoModel
+
+    model = _tiny()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"generation_config\.json is not valid JSON"):
+        AutoModel.from_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"temperature": -1, "mask_token_id": 3}')
+    with pytest.raises(ValueError, match=r"generation_config\.json: `temperature` must be"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+# --- the repetition penalty (a logits-shaping policy) --------------------------------------------------------------
+
+def test_repetition_penalty_by_hand():
+    from modeling_illada.shaping import RepetitionPenalty, ShapingContext
+
+    config = IlladaGenerationConfig(repetition_penalty=2.0)
+    x = torch.tensor([[10, 11, 12, MASK, MASK]])  # prompt [10, 11], token 12 already generated
+    logits = torch.zeros(1, 2, 16)
+    logits[..., 12], logits[..., 11], logits[..., 13] = 4.0, 4.0, -1.0
+    out = RepetitionPenalty()(logits, ShapingContext(x, x[:, 3:] == MASK, 3, 2, 3, (2,), MASK, config))
+    assert out[0, 0, 12] == 2.0 and out[0, 0, 11] == 4.0 and out[0, 0, 13] == -1.0  # 12 halved; prompt's 11 not
+    logits[..., 12] = -3.0
+    out = RepetitionPenalty()(logits, ShapingContext(x, x[:, 3:] == MASK, 3, 2, 3, (2,), MASK, config))
+    assert out[0, 0, 12] == -6.0  # a negative logit is multiplied
+
+
+def test_repetition_penalty_breaks_a_loop_in_generate():
+    from conftest import tiny_config
+    from modeling_illada import IlladaForMaskedDiffusion, IlladaMaskedDiffusionOutput
+
+    class ThreeCandidates(IlladaForMaskedDiffusion):
+        """Every position prefers 20 (logit 3), then 21 (2.5), then 22 (2): greedy decoding loops on 20."""
+
+        def forward(self, input_ids=None, logits_to_keep=0, **kwargs):
+            logits = torch.zeros(*input_ids.shape, 64)
+            logits[..., 20], logits[..., 21], logits[..., 22] = 3.0, 2.5, 2.0
+            return IlladaMaskedDiffusionOutput(logits=logits[:, logits_to_keep] if not isinstance(logits_to_keep, int)
+                                               else logits)
+
+    model = ThreeCandidates(tiny_config()).eval()
+    knobs = dict(max_new_tokens=4, steps=4, eos_early_stop=False)
+    assert model.generate(torch.tensor([[5, 6]]), **knobs)[0, 2:].tolist() == [20, 20, 20, 20]
+    penalised = model.generate(torch.tensor([[5, 6]]), repetition_penalty=100.0, **knobs)[0, 2:].tolist()
+    assert sorted(penalised) == [20, 20, 21, 22]  # 20, then the best unused token, until all are used once

@@ -1,8 +1,9 @@
-"""The benchmarks' own bookkeeping (bench/bench_sampling.py, bench/gpu.py): rows must compare like with like, and the
-GPU benchmark must run end to end (on the CPU with `--dry-run`). Figures are printed by the scripts, never asserted
-here."""
+"""The benchmarks' own bookkeeping (bench/bench_demo.py, bench/gpu.py): rows must compare like with like, the measures
+must count what they say, and the scripts must run end to end (on tiny models, `--quick` / `--dry-run`). Figures are
+printed by the scripts, never asserted here."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,58 +11,64 @@ import torch
 
 from conftest import tiny_model
 from modeling_illada import IlladaGenerationConfig
-from modeling_illada.caching import CACHES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_script(name):
+    sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.fixture
-def restore_caches():
-    """The baseline policy the sampling benchmark registers in `CACHES` is removed afterwards."""
-    before = dict(CACHES)
-    yield
-    CACHES.clear()
-    CACHES.update(before)
-
-
-@pytest.fixture
-def bench(restore_caches):
-    return load_script("bench_sampling")
+@pytest.fixture(scope="module")
+def bench():
+    return load_script("bench_demo")
 
 
 @pytest.mark.parametrize("saved", [dict(temperature=0.9), dict(temperature=0.0, parallel_decoding=True, threshold=0.05,
                                                                   cache="dual")])
-def test_exact_modes_reproduce_plain_whatever_the_saved_config(bench, saved):
+def test_exact_rows_reproduce_plain_whatever_the_saved_config(bench, saved):
     model = tiny_model().eval()
-    # a saved config that samples (as the demo model's does) or decodes in parallel with a cache (as the distilled
-    # demo's does): the benchmark's plain and exact rows must still decode greedily, one token per step, uncached
+    # a saved config that samples, or decodes in parallel with a cache: the benchmark's exact rows must still decode
+    # greedily, one token per step, uncached
     model.generation_config = IlladaGenerationConfig(max_new_tokens=16, steps=16, block_length=8,
                                                      mask_token_id=model.config.mask_token_id, **saved)
-    counter = bench.Counter(model)
-    prompts = [torch.randint(4, 64, (1, 3), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    modes = {mode.name: mode for mode in bench.MODES}
-    rows = {name: bench.run_full(model, counter, prompts, 16, 8, modes[name], {model.config.eos_token_id})
-            for name in ("plain", "block logits", "exact (all)")}
-    for name in ("block logits", "exact (all)"):
-        assert rows[name].outputs == rows["plain"].outputs, name
-        assert bench.agreement(rows[name].outputs, rows["plain"].outputs)[0] == 1.0
-    assert rows["plain"].forwards == 2 * 16 and rows["plain"].positions == 2 * 16 * 19
+    prompt = torch.randint(4, 64, (3,), generator=torch.Generator().manual_seed(0)).tolist()
+    outputs = {}
+    for mode in bench.MODES:
+        if mode.exact:
+            knobs = {**bench.BASE_KNOBS, **mode.knobs, "steps": 16, "block_length": 8}
+            outputs[mode.id], _, forwards, tpf = bench.diffusion_generate(model, prompt, 16, knobs, {2})
+            if mode.id == "plain":
+                assert forwards == 16 and tpf == 1.0
+    assert len(outputs) >= 2 and all(o == outputs["plain"] for o in outputs.values())
+    assert {m.id for m in bench.MODES} == set(bench.MODE) and len(bench.MODES) == len(bench.MODE)  # ids unique
 
 
-def test_repetition_counts_repeated_four_grams(bench):
-    assert bench.repetition([[1, 2, 3, 4, 1, 2, 3, 4]]) == pytest.approx(1 / 5)  # 5 four-grams, one seen before
-    assert bench.repetition([[1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7]]) == pytest.approx((0 + 2 / 3) / 2)
-    assert bench.repetition([[1, 2]]) == 0.0  # too short to have a 4-gram
+def test_measures_by_hand(bench):
+    assert bench.rep_n([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(1 / 5)  # 5 four-grams, one seen before
+    assert bench.rep_n([1, 2]) == 0.0
+    assert bench.distinct_n([1, 2, 1, 2]) == pytest.approx(2 / 3)  # bigrams (1,2) (2,1) (1,2)
+    assert bench.useful([5, 6, 2, 7], {2}) == [5, 6] and bench.useful([5, 6], {2}) == [5, 6]
+    assert bench.agreement([1, 2, 3], [1, 9, 3, 4]) == pytest.approx(2 / 4)
+    assert bench.keyword_hit("The capital is Paris.", ["paris"]) and not bench.keyword_hit("Parisian", ["Paris"])
 
 
-def test_gpu_benchmark_runs_end_to_end_as_a_dry_run_and_refuses_a_cpu(restore_caches, capsys, monkeypatch):
+def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, capsys):
+    assert bench.main(["--quick", "--json", str(tmp_path / "figures.json")]) == 0
+    import json
+
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert {"heldout", "open", "questions", "sampling"} <= set(figures)
+    labels = {row["label"] for row in figures["sampling"]}
+    assert labels == {m.label for m in bench.MODES} | {"AR base (KV cache)"}
+    assert "judge ppl" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_runs_end_to_end_as_a_dry_run_and_refuses_a_cpu(capsys, monkeypatch):
     gpu = load_script("gpu")
     assert gpu.main(["--dry-run"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]

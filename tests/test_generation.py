@@ -205,7 +205,8 @@ def test_bfloat16_generation_runs_on_cpu(cache):
 
 def test_end_think_boost_raises_one_logit_by_boost_times_progress_to_the_power():
     """iLLaDA's rule on hand-made rows: prompt of 2, budget 4, block = columns 2-5, sequence [7, 8]."""
-    from modeling_illada.generation_illada import boost_end_think
+    from modeling_illada.generation_config import IlladaGenerationConfig as Config
+    from modeling_illada.shaping import EndThinkBoost, ShapingContext
 
     x = torch.tensor([
         [20, 21, 7, MASK, MASK, MASK],  # "7" written: the next token is 8, at column 3
@@ -215,7 +216,8 @@ def test_end_think_boost_raises_one_logit_by_boost_times_progress_to_the_power()
     eligible = (x[:, 2:] == MASK)  # (3, 4)
     logits = torch.zeros(3, 4, 64)
     for power, bonus in ((2.0, 2.0), (3.0, 1.0)):  # progress at column 3 = (3 - 2 + 1) / 4 = 0.5; 8 * 0.5 ** power
-        out = boost_end_think(logits, x, eligible, 2, 2, 4, [7, 8], boost=8.0, power=power)
+        config = Config(end_think_token_ids=[7, 8], end_think_logit_boost=8.0, end_think_boost_power=power)
+        out = EndThinkBoost()(logits, ShapingContext(x, eligible, 2, 2, 4, (2,), MASK, config))
         expected = torch.zeros_like(logits)
         expected[0, 1, 8] = expected[1, 1, 7] = bonus
         torch.testing.assert_close(out, expected)
