@@ -19,7 +19,15 @@ variants) are refused.
 LLaDA-1.5 and Dream-7B folders load through the Auto classes and are saved back under their own model type.
 """
 
+import difflib
+import inspect
+import math
+
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 
 # OLMo-style names used by LLaDA's `config.json` -> our field names.
@@ -198,6 +206,7 @@ class IlladaConfig(PreTrainedConfig):
         self._validate_architecture()
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        self._warn_misspelt(kwargs)
         super().__init__(**kwargs)
 
     def _validate_architecture(self):
@@ -222,8 +231,31 @@ class IlladaConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.head_dim is not None and self.head_dim % 2 != 0:
             raise ValueError(f"`head_dim` must be even for rotary embeddings, got {self.head_dim}.")
-        if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
-            raise ValueError(f"`mask_token_id` ({self.mask_token_id}) must lie in [0, vocab_size={self.vocab_size}).")
+        for name, ok, allowed in (("rope_theta", lambda v: v > 0, "> 0"), ("rms_norm_eps", lambda v: v > 0, "> 0"),
+                                  ("attention_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+                                  ("initializer_range", lambda v: v >= 0, ">= 0")):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not ok(value):
+                raise ValueError(f"`{name}` must be a finite number {allowed}, got {value!r}.")
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(f"Unknown `hidden_act` {self.hidden_act!r}; allowed: {sorted(ACT2FN)}.")
+        for name in ("mask_token_id", "bos_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            for token in (value if isinstance(value, (list, tuple)) else [value]):
+                if token is not None and (not isinstance(token, int) or isinstance(token, bool)
+                                          or not 0 <= token < self.vocab_size):
+                    raise ValueError(f"`{name}` ({value!r}) must lie in [0, vocab_size={self.vocab_size}).")
+
+    def _warn_misspelt(self, extra: dict) -> None:
+        """A key that is no field but reads like one (`rms_norm_epsilon`) is kept, as transformers keeps extra keys,
+        with a warning naming the closest field: it changes nothing."""
+        fields = [p for p in inspect.signature(IlladaConfig.__init__).parameters if p not in ("self", "kwargs")]
+        for key in extra:
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.8)
+            if close and close[0] != key:
+                logger.warning(f"`{key}` is not a field of {type(self).__name__}: did you mean `{close[0]}`? It is kept "
+                               "as an extra attribute and changes nothing.")
 
 
 class LladaConfig(IlladaConfig):

@@ -23,6 +23,7 @@ No branch of the forward reads tensor values (the position check is skipped whil
 Read bottom-up: RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -322,6 +323,10 @@ class IlladaPreTrainedModel(PreTrainedModel):
             if args:
                 raise ValueError("An adapter folder takes keyword options only (`dtype=`, `device_map=`, ...).")
             return load_adapter_folder(cls, folder, **kwargs)
+        name = pretrained_model_name_or_path
+        if isinstance(name, (str, os.PathLike)) and os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
+            raise ValueError(f"{name} is a folder without config.json: not a saved model (save one with "
+                             "`model.save_pretrained(folder)`, or pass the folder that holds config.json).")
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         if strict and pretrained_model_name_or_path is not None:
@@ -334,6 +339,13 @@ class IlladaPreTrainedModel(PreTrainedModel):
                     f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway "
                     "(what is missing is then randomly initialised)."
                 )
+        if strict and pretrained_model_name_or_path is not None:
+            broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and v.device.type != "meta"
+                      and not bool(torch.isfinite(v).all())]
+            if broken:
+                raise ValueError(f"The checkpoint holds NaN or infinite weights in {broken[:8]}"
+                                 f"{' ...' if len(broken) > 8 else ''}: it is damaged. Pass `strict=False` to load it "
+                                 "anyway.")
         missing_head = sorted(k for k in info.get("missing_keys") or () if _is_head_key(k))
         if missing_head:
             logger.warning(f"{missing_head} not in the checkpoint (a backbone checkpoint?): initialised at random; "
@@ -359,7 +371,8 @@ def _prepare_attention_mask(config, attention_mask, inputs_embeds: torch.Tensor,
     """Validate a 2-D padding mask `(B, K)` or a 4-D mask `(B|1, 1|H, Q, K)` and return what the configured attention
     implementation takes. A 2-D mask goes through transformers' `create_bidirectional_mask` (None when nothing is
     padded, a bool or additive 4-D mask, a flex `BlockMask`, or the 2-D mask for flash-attention); a 4-D mask is used
-    as given (bool True = attend, or additive float). Shape checks only: nothing here reads the mask's values."""
+    as given (bool True = attend, or additive float). Apart from the 0/1 check of a 2-D mask (skipped when traced),
+    nothing here reads the mask's values."""
     if attention_mask is None:
         return None
     batch, q_len = inputs_embeds.shape[:2]
@@ -374,6 +387,10 @@ def _prepare_attention_mask(config, attention_mask, inputs_embeds: torch.Tensor,
                 f"`attn_implementation={implementation!r}` cannot attend from {q_len} queries to {kv_len} padded keys "
                 "(a cached step of a padded batch): use 'sdpa' for cached generation of padded batches."
             )
+        if not torch.compiler.is_compiling() and attention_mask.dtype != torch.bool and \
+                not bool(((attention_mask == 0) | (attention_mask == 1)).all()):  # a value check: skipped when traced
+            raise ValueError("A 2-D `attention_mask` must hold 0 (padding) and 1 (token) only; got other values (a 4-D "
+                             "float mask is taken as additive).")
         return create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
     if attention_mask.dim() == 4:
         b, h, q, k = attention_mask.shape
@@ -454,8 +471,16 @@ class IlladaModel(IlladaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
-            if input_ids.dim() != 2:
-                raise ValueError(f"`input_ids` must be 2-D (batch, length), got shape {tuple(input_ids.shape)}.")
+            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+                raise ValueError(f"`input_ids` must be a 2-D tensor (batch, length), got "
+                                 f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}.")
+            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+                raise ValueError(f"`input_ids` must hold integer token ids, got a {input_ids.dtype} tensor.")
+            if not torch.compiler.is_compiling() and input_ids.numel():  # a value check: skipped when traced
+                low, high = int(input_ids.min()), int(input_ids.max())
+                if low < 0 or high >= self.config.vocab_size:
+                    raise ValueError(f"`input_ids` holds ids outside the vocabulary [0, {self.config.vocab_size}): "
+                                     f"min {low}, max {high}.")
             inputs_embeds = self.embed_tokens(input_ids)  # (B, L, d)
         batch, q_len = inputs_embeds.shape[:2]
         past_len = cache.get_seq_length() if cache is not None else 0

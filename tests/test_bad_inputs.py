@@ -219,3 +219,64 @@ def test_repetition_penalty_breaks_a_loop_in_generate():
     assert model.generate(torch.tensor([[5, 6]]), **knobs)[0, 2:].tolist() == [20, 20, 20, 20]
     penalised = model.generate(torch.tensor([[5, 6]]), repetition_penalty=100.0, **knobs)[0, 2:].tolist()
     assert sorted(penalised) == [20, 20, 21, 22]  # 20, then the best unused token, until all are used once
+
+
+# --- the model: its config and its forward ------------------------------------------------------------------------
+
+from modeling_illada import IlladaConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("fields,name", [
+    (dict(rope_theta=0.0), "rope_theta"), (dict(rope_theta=-1.0), "rope_theta"),
+    (dict(rope_theta=float("nan")), "rope_theta"), (dict(rms_norm_eps=-1e-6), "rms_norm_eps"),
+    (dict(attention_dropout=1.5), "attention_dropout"), (dict(hidden_act="swishy"), "hidden_act"),
+    (dict(bos_token_id=64), "bos_token_id"), (dict(eos_token_id=[2, 70]), "eos_token_id"),
+    (dict(pad_token_id=-1), "pad_token_id"), (dict(vocab_size=0), "vocab_size"),
+])
+def test_config_values_are_checked_by_name(fields, name):
+    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, mask_token_id=3)
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        IlladaConfig(**{**base, **fields})
+
+
+def test_a_misspelt_config_field_warns_with_the_closest_name():
+    from transformers.testing_utils import CaptureLogger
+
+    from modeling_illada import configuration_illada
+
+    with CaptureLogger(configuration_illada.logger) as captured:
+        config = IlladaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, mask_token_id=3, rms_norm_epsilon=1e-5)
+    assert "did you mean `rms_norm_eps`" in captured.out and config.rms_norm_eps == 1e-6
+
+
+@pytest.mark.parametrize("ids,message", [
+    (torch.tensor([[5.0, 6.0]]), "integer token ids"), (torch.tensor([[5, 64]]), "outside the vocabulary"),
+    (torch.tensor([[-2, 5]]), "outside the vocabulary"), ([[5, 6]], "2-D tensor"),
+])
+def test_the_forward_names_bad_input_ids(ids, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny()(ids)
+
+
+def test_the_forward_refuses_a_non_binary_padding_mask():
+    with pytest.raises(ValueError, match="0 \\(padding\\) and 1"):
+        _tiny()(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 2, 1]]))
+
+
+def test_loading_names_an_empty_folder_and_damaged_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from modeling_illada import IlladaForMaskedDiffusion
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="without config.json"):
+        IlladaForMaskedDiffusion.from_pretrained(tmp_path / "empty")
+    _tiny().save_pretrained(tmp_path / "nan")
+    weights = load_file(tmp_path / "nan" / "model.safetensors")
+    weights["model.norm.weight"][0] = float("nan")
+    save_file(weights, tmp_path / "nan" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"NaN or infinite weights in \['model.norm.weight'\]"):
+        IlladaForMaskedDiffusion.from_pretrained(tmp_path / "nan")
+    assert IlladaForMaskedDiffusion.from_pretrained(tmp_path / "nan", strict=False) is not None

@@ -84,7 +84,7 @@ def test_save_writes_hub_native_folder(tmp_path, model):
         if name.endswith(".py"):
             for line in (tmp_path / name).read_text().splitlines():
                 if line.startswith(("import ", "from ")) and not line.startswith("from ."):
-                    assert line.split()[1].split(".")[0] in {"torch", "transformers", "math", "copy", "dataclasses", "json", "os", "pathlib"}, line
+                    assert line.split()[1].split(".")[0] in {"torch", "transformers", "math", "copy", "dataclasses", "json", "os", "pathlib", "difflib", "inspect"}, line
 
 
 def test_reload_in_process_is_identical(tmp_path, model):
