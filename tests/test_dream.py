@@ -14,6 +14,7 @@ from modeling_illada.presets import read_preset
 from reference_dream import dream_forward, dream_sample
 
 MASK = 30
+TINY_IDS = dict(mask_token_id=MASK, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # Dream's own ids lie past 40
 # A tiny config.json as Dream's repositories write it (Qwen2 names, Dream's model type and remote-code map).
 DREAM_JSON = {
     "architectures": ["DreamModel"],
@@ -158,10 +159,16 @@ def test_dream_schedule_reveals_by_hand():
     """8 masks, 4 steps, eps 1e-3: times 1, 0.75025, 0.5005, 0.25075, 0.001 reveal int(8 x 0.24975) = 1, then
     int(7 x 0.33289) = 2, int(5 x 0.49900) = 2, and the last step the 3 left: 1, 2, 2, 3 (LLaDA's split: 2, 2, 2, 2)."""
     config = DreamConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, mask_token_id=MASK)
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, **TINY_IDS)
     model = DreamForMaskedDiffusion(config).eval()
+
+    def no_mask(step, x, logits):  # random weights may commit the mask id itself, which would hide a reveal
+        logits[..., MASK] = float("-inf")
+        return logits
+
     out = model.diffusion_generate(torch.tensor([[3, 4]]), max_new_tokens=8, steps=4, alg="maskgit_plus",
-                                   return_dict_in_generate=True, output_history=True)
+                                   return_dict_in_generate=True, output_history=True,
+                                   generation_logits_hook_func=no_mask)
     masks = [int((canvas == MASK).sum()) for canvas in out.history]
     assert [8 - masks[0]] + [a - b for a, b in zip(masks, masks[1:])] == [1, 2, 2, 3]
 
@@ -202,7 +209,7 @@ def test_generate_with_this_packages_knobs_runs_on_a_dream_model(dream_folder):
 def test_bad_dream_settings_are_named(bad, message):
     model = DreamForMaskedDiffusion(DreamConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
                                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                                max_position_embeddings=32, mask_token_id=MASK))
+                                                max_position_embeddings=32, **TINY_IDS))
     with pytest.raises(ValueError, match=message):
         model.diffusion_generate(torch.tensor([[3, 4]]), max_new_tokens=4, **bad)
     assert set(ALGORITHMS) == {"origin", "maskgit_plus", "topk_margin", "entropy"}

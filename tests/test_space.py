@@ -734,3 +734,35 @@ def test_browser_stop_chat_history_and_layout(server):
             page.screenshot(path=str(ARTIFACTS / "space-infill.png"), full_page=True)
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_browser_on_the_embedded_demo_answers_in_chat_and_takes_the_readme_screenshot():
+    """The Space as `python space/app.py` opens it: the embedded demo (SmolLM2-135M-Instruct adapted), in chat mode,
+    answering a question with its saved generation config. Writes artifacts/space-demo.png (README's picture)."""
+    try:
+        path = space_engine.default_model()
+    except SystemExit as missing:
+        pytest.skip(f"the embedded demo is not available: {missing}")
+    chromium, playwright = _browser()
+    ARTIFACTS.mkdir(exist_ok=True)
+    events = space.App(space.Engine.load(path, device="cpu"))
+    assert events.engine.chat  # a chat template, and trained on chats
+    demo = events.build()
+    _, url, _ = space.launch(demo, LIMITS, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("#message textarea").fill("What is the capital of France?")
+            page.get_by_role("button", name="Send", exact=True).click()
+            page.wait_for_selector("#canvas .illada-canvas.done", timeout=120_000)
+            page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
+            answer = page.locator("#final-text textarea").input_value()
+            assert sum(ch.isalpha() for ch in answer) >= 5 and page.locator("#canvas .chips .tok.mask").count() == 0
+            page.locator("#scrubber input[type=range]").wait_for()
+            page.screenshot(path=str(ARTIFACTS / "space-demo.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
