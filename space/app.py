@@ -153,9 +153,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="The illada Space: watch a diffusion LM unmask.")
     parser.add_argument("--model", default=os.environ.get("ILLADA_MODEL"),
                         help="local folder or Hub id (default: $ILLADA_MODEL, else the embedded demo model)")
-    parser.add_argument("--fast", action="store_true",
-                        help="with no --model: the embedded demo model after certainty-forcing distillation, whose "
-                        "saved settings decode several tokens per step (threshold 0.9, dual cache)")
     parser.add_argument("--mode", choices=["chat", "completion"], default=None,
                         help="the tab it opens on (default: chat for a model trained on chats, see engine.py)")
     parser.add_argument("--device", default=os.environ.get("ILLADA_DEVICE"),
@@ -164,7 +161,7 @@ def main(argv=None):
     parser.add_argument("--host", default=None, help="default: Gradio's (127.0.0.1, or $GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="default: Gradio's (7860, or $GRADIO_SERVER_PORT)")
     args = parser.parse_args(argv)
-    engine = Engine.load(args.model or default_model(args.fast), device=args.device, dtype=args.dtype)
+    engine = Engine.load(args.model or default_model(), device=args.device, dtype=args.dtype)
     launch(App(engine, mode=args.mode).build(), server_name=args.host, server_port=args.port)
 
 

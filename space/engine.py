@@ -28,13 +28,12 @@ LENGTH = CONTROLS["max_new_tokens"].label
 CHAT_NAME = re.compile(r"instruct|chat|sft", re.IGNORECASE)  # e.g. GSAI-ML/iLLaDA-8B-Instruct
 
 
-def default_model(fast: bool = False) -> str:
-    """The embedded demo model's folder (with `fast`, its distilled variant), or a SystemExit that says how to get
-    one."""
+def default_model() -> str:
+    """The embedded demo model's folder, or a SystemExit that says how to get one."""
     try:
         from modeling_illada.demo import demo_model_path
 
-        path = Path(demo_model_path(fast=True) if fast else demo_model_path())
+        path = Path(demo_model_path())
     except (ImportError, OSError, ValueError) as error:
         raise SystemExit(f"The embedded demo model is not available: {error} Pass a model folder or Hub id: "
                          "`python space/app.py --model GSAI-ML/iLLaDA-8B-Instruct` (or set ILLADA_MODEL).") from None

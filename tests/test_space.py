@@ -338,7 +338,7 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app, monke
     assert masks_left(list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32)))[-1][0]) == 0
     frames = list(app.infill("the [MASK] sat on the ___ mat .", 3, *knobs(steps=6)))
     assert masks_left(frames[-1][0]) == 0 and frames[-1][1].blocks == 1
-    # a model saved for parallel decoding (as the distilled demo is): the Threshold control still decides
+    # a model saved for parallel decoding: the Threshold control still decides
     monkeypatch.setattr(config, "parallel_decoding", True)
     monkeypatch.setattr(config, "threshold", 0.01)
     scheduled = list(app.generate("the cat", *knobs(max_new_tokens=32, steps=8, block_length=32, threshold=0.0)))
@@ -348,7 +348,7 @@ def test_model_generation_config_sets_the_defaults_but_not_the_canvas(app, monke
 
 
 def test_infill_follows_the_threshold_control_like_the_other_tabs(app, monkeypatch):
-    config = app.engine.model.generation_config  # saved for parallel decoding, as `--fast`'s distilled demo is
+    config = app.engine.model.generation_config  # saved for parallel decoding
     monkeypatch.setattr(config, "parallel_decoding", True)
     monkeypatch.setattr(config, "threshold", 0.01)
     text = "the [MASK] sat on ___ mat ."  # 8 masks
@@ -475,12 +475,10 @@ def test_missing_demo_model_gives_a_clear_message(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="--model"):
         space.default_model()
     fake = types.ModuleType("modeling_illada.demo")
-    fake.demo_model_path = lambda fast=False: tmp_path / ("fast" if fast else "")  # the module is there, no weights
+    fake.demo_model_path = lambda: tmp_path  # the module is there, no weights
     monkeypatch.setitem(sys.modules, "modeling_illada.demo", fake)
     with pytest.raises(SystemExit, match="demo model is missing"):
         space.default_model()
-    with pytest.raises(SystemExit, match="fast.*no config.json"):
-        space.default_model(fast=True)
 
 
 @pytest.mark.slow
