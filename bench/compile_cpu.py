@@ -1,6 +1,6 @@
 """Does `torch.compile` of the sampler's forward pay on a CPU at the demo model's size?
 
-    python bench/compile_cpu.py            # the demo model, its saved schedule (64 tokens, blocks of 32), 3 runs each
+    python bench/compile_cpu.py            # the demo model, its saved schedule, 3 runs each
 
 `generate()` calls the model once per step; here the model is compiled in place (`model.compile(fullgraph=True)`,
 inductor) so every one of those calls runs the compiled forward. Printed: seconds per generation in eager mode, the

