@@ -326,12 +326,18 @@ def plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["sampling"] if r["length"] == 256]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for r in rows:
-        ax.scatter(r["tokens_per_second"], math.exp(r["judge_nll"]), color="#c2255c" if r["id"] == "ar" else "#3b5bdb")
-        ax.annotate(r["label"], (r["tokens_per_second"], math.exp(r["judge_nll"])), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
+    points = {}  # modes that land on the same point (same tokens and time, e.g. parallel decoding that reveals one
+    for r in report["sampling"]:  # token per step, like plain) share one dot and one label
+        if r["length"] == 256:
+            key = (round(r["tokens_per_second"], 1), round(math.exp(r["judge_nll"]), 1))
+            points.setdefault(key, []).append(r)
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=120)
+    markers = "osD^vP*Xh"
+    for i, rows in enumerate(sorted(points.values(), key=lambda rows: rows[0]["tokens_per_second"])):
+        ax.scatter(rows[0]["tokens_per_second"], math.exp(rows[0]["judge_nll"]), marker=markers[i % len(markers)],
+                   s=40, color="#c2255c" if rows[0]["id"] == "ar" else plt.cm.viridis(i / max(len(points), 1)),
+                   label=" = ".join(r["label"] for r in rows))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # labels never overlap
     ax.set_xscale("log")
     ax.set_xlabel("useful tokens per second (batch 1, 256 new tokens, log scale)")
     ax.set_ylabel("judge perplexity (SmolLM2-135M-Instruct)")
