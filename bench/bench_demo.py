@@ -1,6 +1,7 @@
 """Figures of the embedded demo model against its autoregressive base, and the fast-sampling table, in one run.
 
-    python bench/bench_demo.py                  # the full run on the demo (CPU, about 40 minutes on 2 cores)
+    python bench/bench_demo.py --lengths 256    # quality + sampling at 256 on the demo (56 minutes on 2 CPU cores)
+    python bench/bench_demo.py --sections sampling --lengths 512 --modes dual fast_dllm combined
     python bench/bench_demo.py --quick          # a smoke run of the same code on tiny random models
     python bench/bench_demo.py --sections quality --json runs/bench.json
 
@@ -267,7 +268,7 @@ def sampling(model, tokenizer, base, end_ids, args, report):
     for n in lengths:
         count = 1 if n >= 512 and not args.quick else len(prompts)
         plain_outputs = None
-        for mode in MODES:
+        for mode in (m for m in MODES if m.id == "plain" or m.id in getattr(args, "modes", MODE)):
             knobs = {**BASE_KNOBS, **mode.knobs, "steps": n, "block_length": min(BASE_KNOBS["block_length"], n)}
             outputs, seconds, forwards, committed = [], 0.0, 0, 0.0
             for prompt in prompts[:count]:
@@ -352,6 +353,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny random models: a smoke run of the same code")
     parser.add_argument("--sections", nargs="+", default=["quality", "sampling"], choices=["quality", "sampling"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--modes", nargs="+", default=[mode.id for mode in MODES], choices=[mode.id for mode in MODES],
+                        help="sampling rows to run (plain always runs: the others are measured against it)")
     parser.add_argument("--sampling-prompts", type=int, default=2)
     parser.add_argument("--answer-tokens", type=int, default=128)
     parser.add_argument("--question-tokens", type=int, default=64)
