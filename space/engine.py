@@ -151,6 +151,14 @@ class Engine:
             self._pieces[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return self._pieces[token_id]
 
+    def end_ids(self) -> frozenset:
+        """The ids that end an answer: the generation config's EOS and EOT (what follows one is not the answer)."""
+        config = self.model.generation_config
+        ids = set()
+        for value in (getattr(config, "eos_token_id", None), getattr(config, "eot_token_id", None)):
+            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+        return frozenset(ids)
+
     def special(self, token_id: int) -> bool:
         if "special" not in self._pieces:
             self._pieces["special"] = frozenset(self.tokenizer.all_special_ids)

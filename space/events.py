@@ -119,8 +119,14 @@ class Events:
             trace.elapsed, trace.live = time.perf_counter() - began, False
 
     def _words(self, trace: Trace) -> str:
-        """The text of the canvas (masks and special tokens left out)."""
-        tokens = [t for t in trace.frame().tokens if t != trace.mask_token_id]
+        """The text of the canvas up to the first end token the model wrote (a block can hold text after it, which
+        is not the answer; given text, as in infilling, is kept), masks and special tokens left out."""
+        ends, tokens = self.engine.end_ids(), []
+        for given, token in zip(trace.initial, trace.frame().tokens):
+            if given == trace.mask_token_id and token in ends:
+                break
+            if token != trace.mask_token_id:
+                tokens.append(token)
         return self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def _run(self, inputs, settings, kwargs, start, new_tokens, blocks, unread):

@@ -764,3 +764,19 @@ def test_browser_on_the_embedded_demo_answers_in_chat_and_takes_the_readme_scree
             browser.close()
     finally:
         demo.close()
+
+
+def test_the_text_ends_at_the_first_end_token_the_model_wrote(app):
+    """A block can hold text after an EOS the model committed (it is revealed last, by confidence): the Text box and
+    the chat reply end at it; a given end token (infilling a text that holds one) does not cut."""
+    engine, mask = app.engine, app.engine.mask_token_id
+    eos = next(iter(engine.end_ids()))
+    word = next(t for t in range(engine.model.config.vocab_size) if t not in engine.end_ids() and t != mask
+                and not engine.special(t))
+    trace = space_render.Trace.begin([mask] * 4, 0, mask, 4, True, 1, None)
+    trace.tokens, trace.revealed_at, trace.spans = [word, eos, word, word], [1] * 4, [(0, 0, 4)]  # one step
+    cut = app._words(trace)
+    assert cut == engine.tokenizer.decode([word], skip_special_tokens=True) and cut
+    given = space_render.Trace.begin([word, eos, mask, mask], 0, mask, 2, True, 1, None)
+    given.tokens, given.revealed_at, given.spans = [word, eos, word, word], [0, 0, 1, 1], [(0, 0, 4)]
+    assert app._words(given) == engine.tokenizer.decode([word, word, word], skip_special_tokens=True)
