@@ -152,8 +152,9 @@ class IlladaGenerationConfig(GenerationConfig):
         mask_token_id (`int`): the mask token; taken from the model config when unset.
         eos_token_id (`int` or `list[int]`), eot_token_id (`int`, *optional*), pad_token_id, bos_token_id.
         eos_early_stop (`bool`, defaults to `True`): once a row has committed an end token (EOS/EOT), its
-            remaining masks are filled with EOS after the current block, and generation stops when every row
-            has. Tokens up to each row's first end token are exactly those of a full run.
+            remaining masks, and any text the block holds after that token (revealed earlier, by confidence),
+            become EOS after the current block, and generation stops when every row has. Tokens up to each row's
+            first end token are exactly those of a full run.
         stop_strings (`str` or `list[str]`, *optional*): stop after a block whose text contains one (needs
             `tokenizer=` in `generate`).
         logits_eos_inf (`bool`): forbid EOS as a candidate (LLaDA's option).

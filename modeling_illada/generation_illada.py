@@ -398,9 +398,12 @@ class IlladaGenerationMixin:
                 streamer.put(x[:, block_start:block_end].cpu())
             if plan.early_stop or plan.variable_length:
                 finished |= self._rows_finished(x[:, prompt_len:block_end], end_ids, config.stop_strings, tokenizer)
-                if plan.early_stop and bool(finished.any()):  # finished rows: the rest of the canvas is EOS
-                    tail = x[:, block_end:]
-                    x[:, block_end:] = torch.where(finished[:, None] & (tail == mask_id), eos_ids[0], tail)
+                if plan.early_stop and bool(finished.any()):  # finished rows: all after their first end token is EOS
+                    generated = x[:, prompt_len:]  # (B, L): a block can hold text after its end token (revealed
+                    is_end = torch.isin(generated, torch.tensor(end_ids, device=x.device))  # earlier, by confidence)
+                    after_end = (is_end.cumsum(-1) - is_end.long()) > 0  # (B, L)
+                    x[:, prompt_len:] = torch.where(finished[:, None] & (after_end | (generated == mask_id)),
+                                                    eos_ids[0], generated)
                 # 3.d. stop
                 if bool(finished.all()):
                     break

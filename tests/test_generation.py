@@ -157,6 +157,8 @@ def test_eos_early_stop_skips_later_blocks_and_keeps_the_output():
     first_eos = 3
     assert torch.equal(out.sequences[:, : first_eos + 1], reference[:, : first_eos + 1])
     assert out.sequences[0, 6:].tolist() == [EOS] * 8  # after the block: filled with EOS, not masks
+    assert EOS not in reference[0, 4:6].tolist()  # the full run wrote text after the end token, in its block:
+    assert out.sequences[0, 4:6].tolist() == [EOS, EOS]  # that text is not the answer
 
 
 def test_logits_eos_inf_bans_eos():
