@@ -113,6 +113,21 @@ def as_id_list(value) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
+
+def check_integer(name: str, value, low: int):
+    """A ValueError naming `name` unless `value` is None or an integer >= `low` (0 or 1)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+        kind = "non-negative" if low == 0 else "positive"
+        raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}.")
+
+
+def check_number(name: str, value, ok, allowed: str):
+    """A ValueError naming `name` and `allowed` unless `value` is None or a finite number that passes `ok`."""
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if value is not None and (not finite or not ok(value)):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
 class IlladaGenerationConfig(GenerationConfig):
     r"""
     Every decoding knob of `IlladaGenerationMixin.generate`, validated at construction. LLaDA's names
@@ -195,36 +210,25 @@ class IlladaGenerationConfig(GenerationConfig):
 
     def validate(self, strict: bool = False, **kwargs):
         """Raise a ValueError naming the parameter and its allowed values for any inconsistent knob."""
-
-        def integer(name, value, low):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                kind = "non-negative" if low == 0 else "positive"
-                raise ValueError(f"`{name}` must be a {kind} integer, got {value!r}.")
-
-        def number(name, value, ok, allowed):
-            finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if value is not None and (not finite or not ok(value)):
-                raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
-
-        integer("max_new_tokens", self.max_new_tokens, 0)
-        integer("max_length", self.max_length, 1)
-        integer("steps", self.steps, 1)
-        integer("block_length", self.block_length, 1)
-        integer("top_k", self.top_k, 1)
-        integer("suffix_window", self.suffix_window, 0)
+        check_integer("max_new_tokens", self.max_new_tokens, 0)
+        check_integer("max_length", self.max_length, 1)
+        check_integer("steps", self.steps, 1)
+        check_integer("block_length", self.block_length, 1)
+        check_integer("top_k", self.top_k, 1)
+        check_integer("suffix_window", self.suffix_window, 0)
         for name, registry in (("remasking", REMASKING), ("schedule", SCHEDULES), ("cache", CACHES)):
             if getattr(self, name) not in registry:
                 raise ValueError(f"Unknown `{name}` {getattr(self, name)!r}; allowed: {sorted(registry)}.")
-        number("temperature", self.temperature, lambda v: v >= 0, "a finite number >= 0 (0 = greedy)")
-        number("top_p", self.top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        number("cfg_scale", self.cfg_scale, lambda v: v >= 0, "a finite number >= 0 (0 = no guidance)")
-        number("threshold", self.threshold, lambda v: 0 < v <= 1, "a number in (0, 1] (a probability)")
-        number("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "a finite number > 0 (1.0 = off)")
+        check_number("temperature", self.temperature, lambda v: v >= 0, "a finite number >= 0 (0 = greedy)")
+        check_number("top_p", self.top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        check_number("cfg_scale", self.cfg_scale, lambda v: v >= 0, "a finite number >= 0 (0 = no guidance)")
+        check_number("threshold", self.threshold, lambda v: 0 < v <= 1, "a number in (0, 1] (a probability)")
+        check_number("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "a finite number > 0 (1.0 = off)")
         for name in FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         for name in ("mask_token_id", "eot_token_id", "pad_token_id", "bos_token_id"):
-            integer(name, getattr(self, name), 0)
+            check_integer(name, getattr(self, name), 0)
         eos = self.eos_token_id
         if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
                                        for i in (eos if isinstance(eos, (list, tuple)) else [eos])):
@@ -237,7 +241,7 @@ class IlladaGenerationConfig(GenerationConfig):
             raise ValueError(f"`stop_strings` must be a non-empty string or a list of them (an empty string would "
                              f"stop every row at once), got {self.stop_strings!r}.")
         for name in ("end_think_logit_boost", "end_think_boost_power"):
-            number(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
+            check_number(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
         if isinstance(self.end_think_token_ids, int) and not isinstance(self.end_think_token_ids, bool):
             self.end_think_token_ids = [self.end_think_token_ids]
         ids = self.end_think_token_ids
@@ -346,4 +350,5 @@ class IlladaGenerationConfig(GenerationConfig):
         raise NotImplementedError("IlladaGenerationConfig describes diffusion decoding; it has no autoregressive mode.")
 
 
-__all__ = ["IlladaGenerationConfig", "ALIASES", "PARALLEL_DECODING_THRESHOLD", "layout", "resolve_aliases"]
+__all__ = ["IlladaGenerationConfig", "ALIASES", "PARALLEL_DECODING_THRESHOLD", "check_integer", "check_number", "layout",
+           "resolve_aliases"]

@@ -34,6 +34,7 @@ from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
 from .diffusion import align_predictions, logit_shift
+from .generation_config import check_integer, check_number
 
 
 def _defaults() -> dict:
@@ -159,25 +160,16 @@ class DreamGenerationConfig(GenerationConfig):
         self.validate()
 
     def validate(self, strict: bool = False, **kwargs):
-        def integer(name, value, low):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-                raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
-
-        def number(name, value, ok, allowed):
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                      or value != value or not ok(value)):
-                raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
-
-        integer("steps", self.steps, 1)
-        integer("max_new_tokens", self.max_new_tokens, 1)
-        integer("max_length", self.max_length, 1)
-        integer("top_k", self.top_k, 1)
-        integer("num_return_sequences", self.num_return_sequences, 1)
-        integer("mask_token_id", self.mask_token_id, 0)
-        number("temperature", self.temperature, lambda v: 0 <= v < float("inf"), "a finite number >= 0 (0 = greedy)")
-        number("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
-        number("eps", self.eps, lambda v: 0 < v < 1, "in (0, 1), the last time of the schedule")
-        number("alg_temp", self.alg_temp, lambda v: 0 <= v < float("inf"), "a finite number >= 0 (0 or None: the best)")
+        check_integer("steps", self.steps, 1)
+        check_integer("max_new_tokens", self.max_new_tokens, 1)
+        check_integer("max_length", self.max_length, 1)
+        check_integer("top_k", self.top_k, 1)
+        check_integer("num_return_sequences", self.num_return_sequences, 1)
+        check_integer("mask_token_id", self.mask_token_id, 0)
+        check_number("temperature", self.temperature, lambda v: v >= 0, "a finite number >= 0 (0 = greedy)")
+        check_number("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]")
+        check_number("eps", self.eps, lambda v: 0 < v < 1, "in (0, 1), the last time of the schedule")
+        check_number("alg_temp", self.alg_temp, lambda v: v >= 0, "a finite number >= 0 (0 or None: the best)")
         if self.alg not in ALGORITHMS:
             raise ValueError(f"Unknown Dream `alg` {self.alg!r}; allowed: {list(ALGORITHMS)}.")
         for name in ("return_dict_in_generate", "output_history"):
