@@ -12,7 +12,7 @@ from modeling_illada.adapt import (
     add_mask_token, adapt, annealed_mask, base_pointer, build_diffusion_model, choose_mask_token,
 )
 from modeling_illada.adapters import resolve_base
-from modeling_illada.cli import main
+from illada_cli import main
 from tiny_bases import SPECIALS, corpus_texts, save_causal_lm, tiny_causal_lm, write_gguf
 
 FAST = dict(seq_length=32, batch_size=4, max_steps=4, warmup_steps=0, learning_rate=3e-3, save_steps=2,

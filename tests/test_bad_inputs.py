@@ -79,7 +79,7 @@ def corpus(tmp_path):
     (["--loss-weighting", "nope"], "invalid choice"),
 ])
 def test_train_command_line_errors_name_the_option(tmp_path, corpus, capsys, flags, message):
-    from modeling_illada.cli import main
+    from illada_cli import main
 
     argv = ["train", "--data", str(corpus), "--doc-separator", "%", "--output", str(tmp_path / "out"),
             "--train-tokenizer", "300", "--seq-length", "16", *flags]
@@ -93,7 +93,7 @@ def test_train_command_line_errors_name_the_option(tmp_path, corpus, capsys, fla
 
 
 def test_output_that_is_a_file_is_refused(tmp_path, corpus, capsys):
-    from modeling_illada.cli import main
+    from illada_cli import main
 
     target = tmp_path / "a-file"
     target.write_text("mine")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from modeling_illada.cli import main
+from illada_cli import main
 from modeling_illada.distill import (
     CertaintyForcingCollator,
     ReplayCollator,

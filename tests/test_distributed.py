@@ -32,7 +32,7 @@ def launch_two_processes(tmp_path, command: list[str]):
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-              "--dynamo_backend", "no", "-m", "modeling_illada.cli"]
+              "--dynamo_backend", "no", "-m", "illada_cli"]
     result = subprocess.run(launch + command + ["--threads", "1"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]

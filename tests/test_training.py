@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, Trai
 
 from conftest import tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
-from modeling_illada.cli import main
+from illada_cli import main
 from modeling_illada.training import (
     EPS,
     CausalCollator,
