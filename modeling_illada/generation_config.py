@@ -30,7 +30,7 @@ FLAGS = ("variable_length", "parallel_decoding", "eos_early_stop", "logits_eos_i
 logger = logging.get_logger(__name__)
 
 
-def _defaults() -> dict:
+def generation_defaults() -> dict:
     """Every knob with its default; `None` for steps/block_length means "one block, one token per step"."""
     return {
         # length
@@ -113,6 +113,28 @@ def as_id_list(value) -> list[int]:
     return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
+def special_token_ids(model, name: str, explicit=None) -> list[int]:
+    """Every id of the special token `name` (`mask_token_id`, `eos_token_id`, ...) for `model`: `explicit` when
+    given, else the model's generation config, else its config (each may hold one id or a list). The one way the
+    sampler, the scorers, the Space and the lm-eval model resolve a special token."""
+    for source in (explicit, getattr(getattr(model, "generation_config", None), name, None),
+                   getattr(getattr(model, "config", None), name, None)):
+        ids = as_id_list(source)
+        if ids:
+            return ids
+    return []
+
+
+def special_token_id(model, name: str, explicit=None) -> int | None:
+    """The first of `special_token_ids(model, name, explicit)`, or None."""
+    ids = special_token_ids(model, name, explicit)
+    return ids[0] if ids else None
+
+
+def end_token_ids(model, eos_token_id=None, eot_token_id=None) -> list[int]:
+    """The ids that end an answer: every EOS, then the EOT (what follows one is not the answer)."""
+    return special_token_ids(model, "eos_token_id", eos_token_id) + special_token_ids(model, "eot_token_id", eot_token_id)
+
 
 def check_integer(name: str, value, low: int):
     """A ValueError naming `name` unless `value` is None or an integer >= `low` (0 or 1)."""
@@ -193,7 +215,7 @@ class IlladaGenerationConfig(GenerationConfig):
     def __init__(self, **kwargs):
         # We intentionally do not call GenerationConfig.__init__: most autoregressive knobs mean nothing here.
         kwargs = resolve_aliases(kwargs)
-        for key, default in _defaults().items():
+        for key, default in generation_defaults().items():
             setattr(self, key, kwargs.pop(key, default))
         self.transformers_version = kwargs.pop("transformers_version", None)
         self._from_model_config = kwargs.pop("_from_model_config", None)
@@ -201,12 +223,12 @@ class IlladaGenerationConfig(GenerationConfig):
         if kwargs:
             raise ValueError(
                 f"Unknown generation parameters {sorted(kwargs)}. IlladaGenerationConfig accepts "
-                f"{sorted(_defaults())} (and the aliases {sorted(ALIASES)})."
+                f"{sorted(generation_defaults())} (and the aliases {sorted(ALIASES)})."
             )
         self.validate()
 
     def knobs(self) -> dict:
-        return {key: getattr(self, key) for key in _defaults()}
+        return {key: getattr(self, key) for key in generation_defaults()}
 
     def validate(self, strict: bool = False, **kwargs):
         """Raise a ValueError naming the parameter and its allowed values for any inconsistent knob."""
@@ -267,7 +289,7 @@ class IlladaGenerationConfig(GenerationConfig):
         kwargs = resolve_aliases(kwargs)
         unused = {}
         for key, value in kwargs.items():
-            if key in _defaults():
+            if key in generation_defaults():
                 setattr(self, key, value)
             else:
                 unused[key] = value
@@ -312,7 +334,7 @@ class IlladaGenerationConfig(GenerationConfig):
     def from_dict(cls, config_dict: dict, **kwargs) -> "IlladaGenerationConfig":
         """Load a `generation_config.json`. Keys written for autoregressive decoding (an official checkpoint's
         `do_sample`, `num_beams`, ...) are ignored with a warning; constructing the config directly refuses them."""
-        known = set(_defaults()) | set(ALIASES) | set(_METADATA)
+        known = set(generation_defaults()) | set(ALIASES) | set(_METADATA)
         ignored = sorted(k for k in config_dict if k not in known)
         if ignored:
             logger.warning(f"Ignoring generation_config keys that diffusion decoding does not use: {ignored}")
@@ -331,7 +353,7 @@ class IlladaGenerationConfig(GenerationConfig):
 
     @staticmethod
     def _get_default_generation_params() -> dict:
-        return _defaults()
+        return generation_defaults()
 
     @classmethod
     def from_model_config(cls, model_config) -> "IlladaGenerationConfig":

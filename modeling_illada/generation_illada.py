@@ -20,7 +20,8 @@ from transformers.utils import ModelOutput, logging
 
 from .caching import CACHES
 from .diffusion import logit_shift
-from .generation_config import ALIASES, _defaults, as_id_list, layout, resolve_aliases
+from .generation_config import (ALIASES, end_token_ids, generation_defaults, layout, resolve_aliases,
+                                special_token_id)
 from .generation_config import IlladaGenerationConfig  # noqa: F401  (re-exported: its historical home)
 from .guidance import guidance_for
 from .remasking import REMASKING, choose_reveals
@@ -322,14 +323,13 @@ class IlladaGenerationMixin:
             inputs = kwargs.pop("input_ids", None)
         config = self._run_config(generation_config, kwargs)
         kwargs = resolve_aliases(kwargs)
-        mask_id = config.mask_token_id if config.mask_token_id is not None else self.config.mask_token_id
+        mask_id = special_token_id(self, "mask_token_id", config.mask_token_id)
         if mask_id is None:
             raise ValueError(
                 "No mask token id: set `mask_token_id` in the generation config, the model config, or pass "
                 "`mask_token_id=` (iLLaDA uses 5; LLaDA checkpoints declare theirs in config.json)."
             )
-        eos_ids = as_id_list(config.eos_token_id if config.eos_token_id is not None else self.config.eos_token_id)
-        end_ids = eos_ids + as_id_list(config.eot_token_id)
+        end_ids = end_token_ids(self, config.eos_token_id, config.eot_token_id)
         self._check_ids(config, mask_id, end_ids, tokenizer)
 
         # 2. Plan the run and lay out the canvas
@@ -426,7 +426,7 @@ class IlladaGenerationMixin:
         passed it (an alias too), and says so when the offending value came from the model's saved config."""
         base = generation_config if generation_config is not None else self.generation_config
         if not isinstance(base, IlladaGenerationConfig):
-            base = IlladaGenerationConfig(**{k: v for k, v in base.to_dict().items() if k in _defaults()})
+            base = IlladaGenerationConfig(**{k: v for k, v in base.to_dict().items() if k in generation_defaults()})
         try:
             return base.merged(**kwargs)
         except ValueError as error:
@@ -441,7 +441,7 @@ class IlladaGenerationMixin:
                 message = message.replace(f"`{name}`", f"`{alias}` (`{name}`)")
         if generation_config is None and isinstance(self.generation_config, IlladaGenerationConfig):
             given = set(resolve_aliases({k: None for k in kwargs}))
-            saved = [k for k in _defaults() if getattr(self.generation_config, k) != _defaults()[k]
+            saved = [k for k in generation_defaults() if getattr(self.generation_config, k) != generation_defaults()[k]
                      and k not in given and f"`{k}`" in message]
             if saved:
                 message += (f" (`{saved[0]}` = {getattr(self.generation_config, saved[0])!r} comes from the model's "
@@ -516,7 +516,7 @@ class IlladaGenerationMixin:
     ):
         """Called by `from_pretrained`: load `generation_config.json` into `IlladaGenerationConfig`."""
         if generation_config is not None:
-            knobs = {k: v for k, v in generation_config.to_dict().items() if k in _defaults() or k in ALIASES}
+            knobs = {k: v for k, v in generation_config.to_dict().items() if k in generation_defaults() or k in ALIASES}
             self.generation_config = self.generation_config_class(**knobs)
             return
         if pretrained_model_name_or_path is None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import logit_shift, prediction_rows
+from .generation_config import special_token_id
 from .guidance import guidance_for
 
 
@@ -74,19 +75,8 @@ def _as_sequences(value, name: str) -> list[list[int]]:
     )
 
 
-def _special_id(model, name: str, explicit=None) -> int | None:
-    """A special token id: the argument, else the model's generation config, else its config (first of a list)."""
-    for source in (explicit, getattr(getattr(model, "generation_config", None), name, None),
-                   getattr(getattr(model, "config", None), name, None)):
-        if isinstance(source, (list, tuple)):
-            source = source[0] if source else None
-        if source is not None:
-            return int(source)
-    return None
-
-
 def _required_id(model, name: str, explicit, why: str) -> int:
-    value = _special_id(model, name, explicit)
+    value = special_token_id(model, name, explicit)
     if value is None:
         raise ValueError(f"{why} needs `{name}`: pass `{name}=` or set it in the model's config or generation config.")
     return value
@@ -181,7 +171,7 @@ class _Layout:
         self.start = max(len(p) for p in prompts)
         self.width = max(len(a) for a in answers)
         length = self.start + self.width + (eos is not None)
-        pad = _special_id(model, "pad_token_id") or 0
+        pad = special_token_id(model, "pad_token_id") or 0
         tokens = torch.full((n, length), pad, dtype=torch.long)  # (N, T)
         attention_mask = torch.zeros(n, length, dtype=torch.long)  # (N, T)
         prompt_index = torch.zeros(n, length, dtype=torch.bool)  # (N, T)
@@ -225,7 +215,7 @@ def _generators(generator, seed, n: int) -> list:
     return [generator] * n
 
 
-def _check_mc(mc_num, mc_batch_size) -> int:
+def check_monte_carlo(mc_num, mc_batch_size) -> int:
     """The mini-batch size, after checking `mc_num` is a positive multiple of it."""
     if not isinstance(mc_num, int) or isinstance(mc_num, bool) or mc_num < 1:
         raise ValueError(f"`mc_num` must be a positive integer (LLaDA uses 128; 1 for one-token answers), got {mc_num!r}.")
@@ -349,7 +339,7 @@ def monte_carlo_log_likelihood(
             same masks on every device.
         seed: shorthand for `generator=torch.Generator().manual_seed(seed)`.
     """
-    mc_batch_size = _check_mc(mc_num, mc_batch_size)
+    mc_batch_size = check_monte_carlo(mc_num, mc_batch_size)
     _check_cfg(cfg_scale)
     mask_id = _required_id(model, "mask_token_id", mask_token_id, "Scoring")
     batches = _layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token, padd_eos=padd_eos,
@@ -504,6 +494,7 @@ class IlladaLikelihoodMixin:
 
 __all__ = [
     "SCORERS",
+    "check_monte_carlo",
     "log_likelihood",
     "monte_carlo_log_likelihood",
     "confidence_log_likelihood",

@@ -46,10 +46,11 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
-from . import IlladaGenerationConfig, __version__
-from .generation_illada import ALIASES as GENERATION_ALIASES
+from . import __version__
 from .diffusion import logit_shift
-from .likelihood import SCORERS, _check_mc, _special_id, elbo, log_likelihood
+from .generation_config import ALIASES as GENERATION_ALIASES
+from .generation_config import IlladaGenerationConfig, special_token_id
+from .likelihood import SCORERS, check_monte_carlo, elbo, log_likelihood
 
 logger = logging.getLogger(__name__)
 
@@ -155,13 +156,13 @@ class IlladaEvalHarness(TemplateLM):
             tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         self.tokenizer = tokenizer
 
-        self.mask_token_id = _special_id(self.model, "mask_token_id", self.settings.mask_token_id)
+        self.mask_token_id = special_token_id(self.model, "mask_token_id", self.settings.mask_token_id)
         if self.mask_token_id is None:
             self.mask_token_id = getattr(tokenizer, "mask_token_id", None)
         if self.mask_token_id is None:
             raise ValueError("No mask token id in the model's configs or the tokenizer: pass `mask_token_id=`.")
-        self.bos_token_id = _special_id(self.model, "bos_token_id", tokenizer.bos_token_id)
-        self.eos_token_id = _special_id(self.model, "eos_token_id", tokenizer.eos_token_id)
+        self.bos_token_id = special_token_id(self.model, "bos_token_id", tokenizer.bos_token_id)
+        self.eos_token_id = special_token_id(self.model, "eos_token_id", tokenizer.eos_token_id)
         config_max = getattr(self.model.config, "max_position_embeddings", None)
         self._max_length = self.settings.max_length or config_max
         if self.settings.add_bos_token and self.bos_token_id is None:
@@ -193,7 +194,7 @@ class IlladaEvalHarness(TemplateLM):
         parsed = EvalSettings(**settings, generation=generation)
         if parsed.scorer not in SCORERS:
             raise ValueError(f"Unknown `scorer` {parsed.scorer!r}; allowed: {sorted(SCORERS)}.")
-        parsed.mc_batch_size = _check_mc(parsed.mc_num, parsed.mc_batch_size)
+        parsed.mc_batch_size = check_monte_carlo(parsed.mc_num, parsed.mc_batch_size)
         if not isinstance(parsed.cfg_scale, (int, float)) or parsed.cfg_scale < 0:
             raise ValueError(f"`cfg_scale` must be a number >= 0, got {parsed.cfg_scale!r}.")
         if not isinstance(parsed.seed, int):

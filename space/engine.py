@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import modeling_illada  # noqa: F401  (registers the illada / llada model types with the Auto classes)
+from modeling_illada.generation_config import end_token_ids, special_token_id
 from settings import CONTROLS, INFILL_MARKER, LIMITS, Limits
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import cached_file
@@ -138,8 +139,7 @@ class Engine:
 
     @property
     def mask_token_id(self) -> int:
-        mask_id = self.model.generation_config.mask_token_id
-        return self.model.config.mask_token_id if mask_id is None else mask_id
+        return special_token_id(self.model, "mask_token_id")
 
     def min_prompt_tokens(self) -> int:
         """Tokens of the shortest prompt (one character): what a full-length canvas must leave room for."""
@@ -152,12 +152,8 @@ class Engine:
         return self._pieces[token_id]
 
     def end_ids(self) -> frozenset:
-        """The ids that end an answer: the generation config's EOS and EOT (what follows one is not the answer)."""
-        config = self.model.generation_config
-        ids = set()
-        for value in (getattr(config, "eos_token_id", None), getattr(config, "eot_token_id", None)):
-            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
-        return frozenset(ids)
+        """The ids that end an answer, resolved as `generate()` resolves them."""
+        return frozenset(end_token_ids(self.model))
 
     def special(self, token_id: int) -> bool:
         if "special" not in self._pieces:

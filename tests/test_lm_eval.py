@@ -22,7 +22,7 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from modeling_illada import cli  # noqa: E402
+import illada_cli as cli  # noqa: E402
 from modeling_illada.likelihood import confidence_log_likelihood, monte_carlo_log_likelihood  # noqa: E402
 from modeling_illada.lm_eval_model import IlladaEvalHarness  # noqa: E402
 from modeling_illada.modeling_illada import IlladaForMaskedDiffusion, IlladaMaskedDiffusionOutput  # noqa: E402
