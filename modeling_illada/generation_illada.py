@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput, logging
 from .caching import CACHES
 from .diffusion import logit_shift
 from .generation_config import (ALIASES, end_token_ids, generation_defaults, layout, resolve_aliases,
-                                special_token_id)
+                                special_token_id, special_token_ids)
 from .generation_config import IlladaGenerationConfig  # noqa: F401  (re-exported: its historical home)
 from .guidance import guidance_for
 from .remasking import REMASKING, choose_reveals
@@ -329,7 +329,8 @@ class IlladaGenerationMixin:
                 "No mask token id: set `mask_token_id` in the generation config, the model config, or pass "
                 "`mask_token_id=` (iLLaDA uses 5; LLaDA checkpoints declare theirs in config.json)."
             )
-        end_ids = end_token_ids(self, config.eos_token_id, config.eot_token_id)
+        eos_ids = special_token_ids(self, "eos_token_id", config.eos_token_id)
+        end_ids = end_token_ids(self, config.eos_token_id, config.eot_token_id)  # eos_ids, then the EOT
         self._check_ids(config, mask_id, end_ids, tokenizer)
 
         # 2. Plan the run and lay out the canvas
