@@ -12,10 +12,11 @@ Differs from transformers' `modeling_llama.py`:
 * LLaDA-8B / LLaDA-1.5 checkpoints (OLMo-style keys under `model.transformer.*`) load into the same classes
   through a registered key mapping; RoPE may run in float32 as LLaDA does (`rope_full_precision`);
 * loading is stricter: a checkpoint that lacks backbone weights or has backbone weights the model does not is an
-  error (see `IlladaPreTrainedModel.from_pretrained`).
+  error (see `IlladaPreTrainedModel.from_pretrained`; the key map and the checks are in `checkpoints.py`).
 
 Like Llama it goes through transformers' machinery: the attention kernel comes from `AttentionInterface`
-(eager, SDPA, flash-attention, flex-attention), masks from `masking_utils.create_bidirectional_mask`, layers are
+(eager, SDPA, flash-attention, flex-attention), masks from `masking_utils.create_bidirectional_mask` (through
+`attention_masks.prepare_attention_mask`), layers are
 `GradientCheckpointingLayer`s, and `output_attentions` / `output_hidden_states` are recorded by `capture_outputs`.
 No branch of the forward reads tensor values (the position check is skipped while tracing), so
 `torch.compile(fullgraph=True)` and `torch.export` trace it.
@@ -23,33 +24,29 @@ No branch of the forward reads tensor values (the position check is skipped whil
 Read bottom-up: RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
 """
 
-import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .adapters import adapter_folder, load_adapter_folder
+from .checkpoints import auto_map, check_loaded, check_model_folder, head_class_name
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .generation_dream import DreamSamplerMixin
 from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
 from .likelihood import IlladaLikelihoodMixin
+from .model_inputs import (check_input_ids, check_outputs_requested, prepare_attention_mask, prepare_position_ids,
+                           resolve_cache)
+from .outputs import CACHE_FIELD, IlladaMaskedDiffusionOutput
 
-# transformers 5.24 renamed the cache of model outputs and forwards from `past_key_values` to `cache` (outputs take
-# only the new name). Outputs here use the installed version's name; forwards accept both.
-CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-logger = logging.get_logger(__name__)
 
 
 class IlladaRMSNorm(nn.Module):
@@ -239,44 +236,6 @@ class IlladaDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-# LLaDA (OLMo-style) checkpoint keys -> ours. Applied in order when a checkpoint of model_type "llada" loads.
-# Each rule is a no-op on keys already in our layout, so a folder saved by this package reloads unchanged.
-LLADA_KEY_MAPPING = {
-    r"model.transformer.ff_out.": "lm_head.",
-    r"transformer.wte.": "embed_tokens.",
-    r"transformer.ln_f.": "norm.",
-    r"transformer.blocks.": "layers.",
-    r".attn_norm.": ".input_layernorm.",
-    r".ff_norm.": ".post_attention_layernorm.",
-    r"(?<!self_attn)\.q_proj\.": ".self_attn.q_proj.",
-    r"(?<!self_attn)\.k_proj\.": ".self_attn.k_proj.",
-    r"(?<!self_attn)\.v_proj\.": ".self_attn.v_proj.",
-    r".attn_out.": ".self_attn.o_proj.",
-    r".ff_proj.": ".mlp.gate_proj.",
-    r"(?<!mlp)\.up_proj\.": ".mlp.up_proj.",
-    r".ff_out.": ".mlp.down_proj.",
-}
-
-
-def _register_llada_key_mapping():
-    """Teach transformers' loader the LLaDA layout (works for the installed package and for remote code)."""
-    try:
-        from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-    except ImportError:  # pragma: no cover - transformers without the conversion-mapping API
-        return
-    renamings = [WeightRenaming(source, target) for source, target in LLADA_KEY_MAPPING.items()]
-    register_checkpoint_conversion_mapping(LladaConfig.model_type, renamings, overwrite=True)
-
-
-_register_llada_key_mapping()
-
-
-def _is_head_key(name: str) -> bool:
-    """A weight of the LM head, the one module of `IlladaForMaskedDiffusion` outside the backbone (`IlladaModel`)."""
-    return name.startswith("lm_head.")
-
-
 class IlladaPreTrainedModel(PreTrainedModel):
     config_class = IlladaConfig
     config: IlladaConfig
@@ -323,33 +282,10 @@ class IlladaPreTrainedModel(PreTrainedModel):
             if args:
                 raise ValueError("An adapter folder takes keyword options only (`dtype=`, `device_map=`, ...).")
             return load_adapter_folder(cls, folder, **kwargs)
-        name = pretrained_model_name_or_path
-        if isinstance(name, (str, os.PathLike)) and os.path.isdir(name) and not os.path.isfile(os.path.join(name, "config.json")):
-            raise ValueError(f"{name} is a folder without config.json: not a saved model (save one with "
-                             "`model.save_pretrained(folder)`, or pass the folder that holds config.json).")
+        check_model_folder(pretrained_model_name_or_path)
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        if strict and pretrained_model_name_or_path is not None:
-            problems = {kind: sorted(k for k in info.get(kind) or () if not _is_head_key(k))
-                        for kind in ("missing_keys", "unexpected_keys")}
-            problems = {k: v for k, v in problems.items() if v}
-            if problems:
-                details = "; ".join(f"{k}: {v[:10]}{' ...' if len(v) > 10 else ''}" for k, v in problems.items())
-                raise ValueError(
-                    f"Checkpoint does not match {cls.__name__} ({details}). Pass `strict=False` to load anyway "
-                    "(what is missing is then randomly initialised)."
-                )
-        if strict and pretrained_model_name_or_path is not None:
-            broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and v.device.type != "meta"
-                      and not bool(torch.isfinite(v).all())]
-            if broken:
-                raise ValueError(f"The checkpoint holds NaN or infinite weights in {broken[:8]}"
-                                 f"{' ...' if len(broken) > 8 else ''}: it is damaged. Pass `strict=False` to load it "
-                                 "anyway.")
-        missing_head = sorted(k for k in info.get("missing_keys") or () if _is_head_key(k))
-        if missing_head:
-            logger.warning(f"{missing_head} not in the checkpoint (a backbone checkpoint?): initialised at random; "
-                           "train the head before generating.")
+        check_loaded(cls.__name__, model, info, strict=strict and pretrained_model_name_or_path is not None)
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
@@ -357,61 +293,9 @@ class IlladaPreTrainedModel(PreTrainedModel):
         LLaDA's layout), with a complete `auto_map` pointing at the code files saved alongside, so that the folder
         loads with `trust_remote_code=True` where this package is not installed. An `auto_map` inherited from an
         official checkpoint (pointing at its own code) is replaced."""
-        head = HEAD_CLASS_NAMES.get(self.config.model_type, "IlladaForMaskedDiffusion")
-        self.config.auto_map = {
-            "AutoConfig": f"configuration_illada.{type(self.config).__name__}",
-            "AutoModel": f"modeling_illada.{head}",
-            "AutoModelForMaskedLM": f"modeling_illada.{head}",
-        }
-        self.config.architectures = [head]
+        self.config.auto_map = auto_map(self.config)
+        self.config.architectures = [head_class_name(self.config)]
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
-
-
-def _prepare_attention_mask(config, attention_mask, inputs_embeds: torch.Tensor, kv_len: int):
-    """Validate a 2-D padding mask `(B, K)` or a 4-D mask `(B|1, 1|H, Q, K)` and return what the configured attention
-    implementation takes. A 2-D mask goes through transformers' `create_bidirectional_mask` (None when nothing is
-    padded, a bool or additive 4-D mask, a flex `BlockMask`, or the 2-D mask for flash-attention); a 4-D mask is used
-    as given (bool True = attend, or additive float). Apart from the 0/1 check of a 2-D mask (skipped when traced),
-    nothing here reads the mask's values."""
-    if attention_mask is None:
-        return None
-    batch, q_len = inputs_embeds.shape[:2]
-    implementation = config._attn_implementation or "eager"
-    if attention_mask.dim() == 2:
-        if tuple(attention_mask.shape) != (batch, kv_len):
-            raise ValueError(
-                f"2-D `attention_mask` must have shape (batch, key length) = {(batch, kv_len)}, got {tuple(attention_mask.shape)}."
-            )
-        if "flash" in implementation and q_len != kv_len:
-            raise ValueError(
-                f"`attn_implementation={implementation!r}` cannot attend from {q_len} queries to {kv_len} padded keys "
-                "(a cached step of a padded batch): use 'sdpa' for cached generation of padded batches."
-            )
-        if not torch.compiler.is_compiling() and attention_mask.dtype != torch.bool and \
-                not bool(((attention_mask == 0) | (attention_mask == 1)).all()):  # a value check: skipped when traced
-            raise ValueError("A 2-D `attention_mask` must hold 0 (padding) and 1 (token) only; got other values (a 4-D "
-                             "float mask is taken as additive).")
-        return create_bidirectional_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-    if attention_mask.dim() == 4:
-        b, h, q, k = attention_mask.shape
-        if b not in (1, batch) or q != q_len or k != kv_len:
-            raise ValueError(
-                f"4-D `attention_mask` must have shape (batch or 1, 1 or heads, query length, key length) = "
-                f"({batch}, 1, {q_len}, {kv_len}), got {tuple(attention_mask.shape)}."
-            )
-        if "flash" in implementation:
-            raise ValueError(
-                f"`attn_implementation={implementation!r}` takes a 2-D padding mask only; a 4-D mask needs 'sdpa', "
-                "'eager' or 'flex_attention'."
-            )
-        if attention_mask.dtype == torch.bool or not attention_mask.is_floating_point():
-            attention_mask = attention_mask.bool()
-            if implementation in ("sdpa", "eager"):
-                return attention_mask
-            # additive, for the kernels that add a mask
-            return torch.where(attention_mask, 0.0, torch.finfo(inputs_embeds.dtype).min).to(inputs_embeds.dtype)
-        return attention_mask.to(inputs_embeds.dtype)
-    raise ValueError(f"`attention_mask` must be 2-D (batch, length) or 4-D (batch, 1, query, key), got {attention_mask.dim()}-D.")
 
 
 class IlladaModel(IlladaPreTrainedModel):
@@ -458,51 +342,21 @@ class IlladaModel(IlladaPreTrainedModel):
             output_hidden_states / output_attentions (`bool`, *optional*): recorded by transformers'
                 `capture_outputs`; attention weights exist only with eager attention.
         """
-        cache = kwargs.pop("cache", None)
-        if cache is not None and past_key_values is not None:
-            raise ValueError("Pass the cache once: as `cache` or as `past_key_values`, not both.")
-        cache = past_key_values if cache is None else cache
-        if kwargs.get("output_attentions") and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"`output_attentions=True` needs eager attention ({self.config._attn_implementation!r} does not compute "
-                "the weights): call `model.set_attn_implementation('eager')` first, or load with "
-                "`attn_implementation='eager'`."
-            )
+        cache = resolve_cache(past_key_values, kwargs.pop("cache", None))
+        check_outputs_requested(self.config, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
-            if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-                raise ValueError(f"`input_ids` must be a 2-D tensor (batch, length), got "
-                                 f"{tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__}.")
-            if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-                raise ValueError(f"`input_ids` must hold integer token ids, got a {input_ids.dtype} tensor.")
-            if not torch.compiler.is_compiling() and input_ids.numel():  # a value check: skipped when traced
-                low, high = int(input_ids.min()), int(input_ids.max())
-                if low < 0 or high >= self.config.vocab_size:
-                    raise ValueError(f"`input_ids` holds ids outside the vocabulary [0, {self.config.vocab_size}): "
-                                     f"min {low}, max {high}.")
+            check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)  # (B, L, d)
         batch, q_len = inputs_embeds.shape[:2]
         past_len = cache.get_seq_length() if cache is not None else 0
         kv_len = past_len + q_len  # an appending cache; one that writes in place says so through get_mask_sizes
         if hasattr(cache, "get_mask_sizes"):
             kv_len = cache.get_mask_sizes(q_len, 0)[0]
-        mask = _prepare_attention_mask(self.config, attention_mask, inputs_embeds, kv_len)
-
-        if position_ids is None:
-            if attention_mask is not None and attention_mask.dim() == 2 and cache is None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
-            else:
-                position_ids = torch.arange(past_len, past_len + q_len, device=inputs_embeds.device)[None].expand(batch, -1)
-        if position_ids.shape[-1] != q_len:
-            raise ValueError(f"`position_ids` must have length {q_len} (the input length), got shape {tuple(position_ids.shape)}.")
-        longest = kv_len
-        if not torch.compiler.is_compiling() and position_ids.numel():  # a value check: skipped when traced
-            longest = max(longest, int(position_ids.max()) + 1)
-        if longest > self.config.max_position_embeddings:
-            raise ValueError(
-                f"Sequence length {longest} exceeds `max_position_embeddings` ({self.config.max_position_embeddings})."
-            )
+        mask = prepare_attention_mask(self.config, attention_mask, inputs_embeds, kv_len)
+        position_ids = prepare_position_ids(self.config, position_ids, attention_mask, cache, past_len, inputs_embeds,
+                                            kv_len)  # (B, L)
 
         position_embeddings = self.rotary_emb(position_ids.to(inputs_embeds.device))  # (B, L, D) x2
         hidden_states = inputs_embeds
@@ -512,38 +366,6 @@ class IlladaModel(IlladaPreTrainedModel):
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache})
-
-
-def _cache_field_before_hidden_states(cls):
-    """Make `cls` a dataclass with a cache field (`CACHE_FIELD`, default None) placed before `hidden_states`, so
-    the field order, and with it `to_tuple()`, is the same under either name."""
-    annotations = {}
-    for name, kind in cls.__annotations__.items():
-        if name == "hidden_states":
-            annotations[CACHE_FIELD] = object | None
-            setattr(cls, CACHE_FIELD, None)
-        annotations[name] = kind
-    cls.__annotations__ = annotations
-    return dataclass(cls)
-
-
-@_cache_field_before_hidden_states
-class IlladaMaskedDiffusionOutput(ModelOutput):
-    """
-    Args:
-        loss (`torch.FloatTensor`, *optional*): masked-diffusion loss, when `labels` are given.
-        logits (`torch.FloatTensor` of shape `(batch, kept positions, vocab)`): x_0 predictions.
-        cache / past_key_values (*optional*): the cache passed in, updated; the field has the installed
-            transformers' name (`cache` from 5.24, where `past_key_values` still reads it).
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*): per-layer states with `output_hidden_states=True`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*): per-layer attention weights `(batch, heads, query,
-            key)` with `output_attentions=True` (eager attention).
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, IlladaLikelihoodMixin, DreamSamplerMixin):
@@ -636,7 +458,7 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
 
 class LladaForMaskedDiffusion(IlladaForMaskedDiffusion):
     """`IlladaForMaskedDiffusion` under `LladaConfig` (model_type "llada"): what the Auto classes build for
-    LLaDA-8B / LLaDA-1.5 folders. Their OLMo-style weight names are mapped on load (`LLADA_KEY_MAPPING`)."""
+    LLaDA-8B / LLaDA-1.5 folders. Their OLMo-style weight names are mapped on load (`checkpoints.LLADA_KEY_MAPPING`)."""
 
     config_class = LladaConfig
     config: LladaConfig
@@ -651,10 +473,6 @@ class DreamForMaskedDiffusion(IlladaForMaskedDiffusion):
     config: DreamConfig
 
 
-# The head class `save_pretrained` names in `auto_map` for each model type.
-HEAD_CLASS_NAMES = {LladaConfig.model_type: "LladaForMaskedDiffusion", DreamConfig.model_type: "DreamForMaskedDiffusion"}
-
-
 __all__ = [
     "IlladaPreTrainedModel",
     "LladaForMaskedDiffusion",
@@ -662,5 +480,4 @@ __all__ = [
     "IlladaModel",
     "IlladaForMaskedDiffusion",
     "IlladaMaskedDiffusionOutput",
-    "LLADA_KEY_MAPPING",
 ]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from conftest import tiny_model
+from helpers import tiny_model
 
 
 def logits(model, ids, **kw):
@@ -73,7 +73,7 @@ def test_cached_prefix_equals_block_causal_mask(model):
 def test_cache_is_accepted_and_returned_under_both_names(model):
     """transformers 5.24 renamed `past_key_values` to `cache`: forwards take either name, outputs carry the
     installed version's field, and `.past_key_values` reads it under every supported version."""
-    from modeling_illada.modeling_illada import CACHE_FIELD
+    from modeling_illada.outputs import CACHE_FIELD
 
     ids = torch.randint(4, 64, (1, 10))
     with torch.no_grad():

@@ -29,7 +29,7 @@ def test_official_checkpoint_keys_map_onto_our_model(repo):
     from huggingface_hub import hf_hub_download
     from transformers import AutoConfig, AutoModel
 
-    from modeling_illada.modeling_illada import LLADA_KEY_MAPPING
+    from modeling_illada.checkpoints import LLADA_KEY_MAPPING
     import re
 
     config = AutoConfig.from_pretrained(repo)
