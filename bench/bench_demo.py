@@ -176,7 +176,7 @@ def chat(tokenizer, text: str) -> list[int]:
 
 def heldout_texts(tokenizer, quick: bool):
     """`[(prompt ids, text ids)]`: the demo run's held-out chats (answer given prompt) and held-out fortunes."""
-    from modeling_illada.training import split_documents
+    from modeling_illada.corpus import split_documents
 
     pairs = []
     if quick:
@@ -185,7 +185,7 @@ def heldout_texts(tokenizer, quick: bool):
         return [([tokenizer.bos_token_id], tokenizer(t).input_ids) for t in corpus_texts(4)], "tiny corpus"
     chats_path = ROOT / "runs" / "demo-chats.jsonl"
     if chats_path.is_file():
-        from modeling_illada.training import read_conversations
+        from modeling_illada.corpus import read_conversations
 
         _, heldout = split_documents(read_conversations([chats_path]), 0.02)
         for messages in heldout:

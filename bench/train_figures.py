@@ -5,7 +5,7 @@
 
 The AR twin is this package's own model trained by `illada train --objective autoregressive`: the same blocks,
 dimensions, tokenizer, sequences, optimiser and schedule, with a causal 4-D attention mask and next-token labels
-(see `training.CausalCollator`). The demo model is adapted from one of the twin's checkpoints (AR-to-diffusion, as
+(see `collators.CausalCollator`). The demo model is adapted from one of the twin's checkpoints (AR-to-diffusion, as
 Dream / DiffuLLaMA do) and every later stage is run on both with the same arguments, so a twin with the same total
 number of optimiser steps (counted through every stage, `total_steps`) has seen the same tokens. The model's ratio
 is taken against the twin of `--ar` with its step count. `--also` adds further diffusion models (e.g. trained from
@@ -41,14 +41,9 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling_illada.training import (  # noqa: E402
-    RECIPE_FILE,
-    CausalCollator,
-    PretrainCollator,
-    pack_documents,
-    read_documents,
-    split_documents,
-)
+from modeling_illada.collators import CausalCollator, PretrainCollator  # noqa: E402
+from modeling_illada.corpus import pack_documents, read_documents, split_documents  # noqa: E402
+from modeling_illada.training import RECIPE_FILE  # noqa: E402
 
 
 def heldout_split(recipe: dict, data: list[str] | None, is_demo: bool):

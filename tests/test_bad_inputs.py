@@ -102,7 +102,7 @@ def test_output_that_is_a_file_is_refused(tmp_path, corpus, capsys):
 
 
 def test_non_utf8_text_warns_and_jsonl_names_file_and_line(tmp_path):
-    from modeling_illada.training import read_conversations, read_documents
+    from modeling_illada.corpus import read_conversations, read_documents
 
     text = tmp_path / "latin1.txt"
     text.write_bytes("caf\xe9 au lait\n".encode("latin-1"))

@@ -19,7 +19,8 @@ from modeling_illada.distill import (
     generate_trajectories,
     read_trajectories,
 )
-from modeling_illada.training import PretrainCollator, train
+from modeling_illada.collators import PretrainCollator
+from modeling_illada.training import train
 from test_training import FAST, sentences
 
 MASK = 3

@@ -14,7 +14,8 @@ from test_training import TINY, sentences
 from tiny_bases import corpus_texts, save_causal_lm
 
 from modeling_illada.adapt import adapt
-from modeling_illada.training import train, train_tokenizer
+from modeling_illada.corpus import train_tokenizer
+from modeling_illada.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ from fake_denoiser import FakeDenoiser
 from modeling_illada.caching import CACHES
 from modeling_illada.diffusion import align_predictions, prediction_rows
 from modeling_illada.likelihood import confidence_log_likelihood, elbo, monte_carlo_log_likelihood
-from modeling_illada.training import CausalCollator, PretrainCollator, SFTCollator
+from modeling_illada.collators import CausalCollator, PretrainCollator, SFTCollator
 from test_loading import logits, run_without_package
 
 MASK = 3

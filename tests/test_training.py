@@ -16,22 +16,13 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, Trai
 from conftest import tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
 from illada_cli import main
-from modeling_illada.training import (
-    EPS,
-    CausalCollator,
-    PretrainCollator,
-    SFTCollator,
-    encode_conversation,
-    mask_probability,
-    pack_documents,
-    pad_documents,
-    read_conversations,
-    read_documents,
-    split_documents,
-    stratified_times,
-    train,
-    train_tokenizer,
+from modeling_illada.collators import (
+    EPS, CausalCollator, mask_probability, PretrainCollator, SFTCollator, stratified_times,
 )
+from modeling_illada.corpus import (
+    encode_conversation, pack_documents, pad_documents, read_conversations, read_documents, split_documents, train_tokenizer,
+)
+from modeling_illada.training import train
 
 # Run in a fresh interpreter where `import modeling_illada` is impossible: only the checkpoint's code and files
 # can make the model and tokenizer. Prints max |logits - expected|, the model's module and a generated length.
