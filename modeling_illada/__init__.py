@@ -13,7 +13,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .generation_dream import DreamGenerationConfig, DreamGenerationOutput
-from .generation_illada import DenoisingStep, IlladaGenerationConfig, IlladaGenerationMixin, IlladaGenerationOutput
+from .denoising import DenoisingStep
+from .generation_config import IlladaGenerationConfig
+from .generation_illada import IlladaGenerationMixin, IlladaGenerationOutput
 from .likelihood import IlladaLikelihoodMixin, confidence_log_likelihood, elbo, log_likelihood, monte_carlo_log_likelihood
 from .modeling_illada import (
     DreamForMaskedDiffusion,

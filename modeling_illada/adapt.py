@@ -209,7 +209,7 @@ def diffusion_config(base_config, tokenizer, mask_token_id: int, vocab_size: int
 def build_diffusion_model(base_model, tokenizer, mask_token_id: int, is_new: bool):
     """An `IlladaForMaskedDiffusion` holding the base's weights (plus a new mask row, the embeddings' mean)."""
     from .adapters import load_base_into
-    from .generation_illada import IlladaGenerationConfig
+    from .generation_config import IlladaGenerationConfig
     from .modeling_illada import IlladaForMaskedDiffusion
 
     vocab = max(base_model.config.vocab_size, mask_token_id + 1)

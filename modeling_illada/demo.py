@@ -167,7 +167,7 @@ def export_demo_model(run_dir, target=DEMO_DIR, overwrite: bool = False, **gener
 
     from transformers import AutoTokenizer
 
-    from .generation_illada import IlladaGenerationConfig
+    from .generation_config import IlladaGenerationConfig
 
     run_dir, target = Path(run_dir), Path(target)
     missing = [name for name in DEMO_FILES if not (run_dir / name).exists() and name != "tokenizer_config.json"]

@@ -4,7 +4,7 @@ Differs from transformers' `GenerationConfig`: `GenerationConfig.__init__` is no
 nothing to a diffusion sampler, and they are refused rather than silently ignored); a `generation_config.json` written
 for autoregressive decoding loads with its AR keys ignored (with a warning), one that is not valid JSON is an error
 naming the file. The layout rule (which block lengths and step counts a length allows) is stated once, in
-`layout()`, which both the config's checks and the sampler's plan (`generation_illada.GenerationPlan`) use.
+`layout()`, which both the config's checks and the sampler's plan (`denoising.GenerationPlan`) use.
 """
 
 import json

@@ -41,7 +41,8 @@ from .checkpoints import auto_map, check_loaded, check_model_folder, head_class_
 from .configuration_illada import DreamConfig, IlladaConfig, LladaConfig
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .generation_dream import DreamSamplerMixin
-from .generation_illada import IlladaGenerationConfig, IlladaGenerationMixin
+from .generation_config import IlladaGenerationConfig
+from .generation_illada import IlladaGenerationMixin
 from .likelihood import IlladaLikelihoodMixin
 from .model_inputs import (check_input_ids, check_outputs_requested, prepare_attention_mask, prepare_position_ids,
                            resolve_cache)

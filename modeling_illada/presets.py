@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel
 
-from .generation_illada import IlladaGenerationConfig
+from .generation_config import IlladaGenerationConfig
 
 
 def _preset_dir():

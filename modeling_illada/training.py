@@ -38,7 +38,7 @@ def model_config(tokenizer, seq_length: int, preset: str | None = None, config: 
     """`(config, generation_config)` for a new model: a preset and/or a dict (or path to a config.json) of
     `IlladaConfig` fields; the vocabulary and special ids come from the tokenizer."""
     from .configuration_illada import IlladaConfig
-    from .generation_illada import IlladaGenerationConfig
+    from .generation_config import IlladaGenerationConfig
     from .presets import load_preset
 
     config = read_config_fields(config)
