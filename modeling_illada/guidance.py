@@ -34,8 +34,8 @@ class ClassifierFreeGuidance:
             pad = torch.zeros(x.shape[0], x.shape[1] - prompt_index.shape[1], dtype=torch.bool, device=x.device)
             prompt_index = torch.cat([prompt_index, pad], dim=1)
         unconditional = x.masked_fill(prompt_index, self.mask_token_id)  # (B, L)
-        mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-        return torch.cat([x, unconditional]), mask  # (2B, L)
+        attention = None if attention_mask is None else torch.cat([attention_mask, attention_mask])  # (2B, L)
+        return torch.cat([x, unconditional]), attention  # (2B, L)
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         cond, uncond = logits.chunk(2, dim=0)
