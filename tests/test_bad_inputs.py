@@ -4,10 +4,8 @@ values), or, where the input is legitimate, the right result. Table-driven where
 import pytest
 import torch
 
-from conftest import tiny_model
+from helpers import MASK, FakeDenoiser, tiny_config, tiny_model
 from modeling_illada.likelihood import confidence_log_likelihood, elbo, monte_carlo_log_likelihood
-
-MASK = 3
 
 
 # --- likelihood: what fits each alone is scored, whatever shares its batch ------------------------------------------
@@ -116,7 +114,6 @@ def test_non_utf8_text_warns_and_jsonl_names_file_and_line(tmp_path):
 
 # --- generation: every knob checked by name, the model's ids and masks checked against the model --------------------
 
-from conftest import tiny_model as _tiny  # noqa: E402
 from modeling_illada import IlladaGenerationConfig  # noqa: E402
 
 BAD_KNOBS = [
@@ -139,7 +136,7 @@ def test_every_generation_knob_is_checked_by_name(knobs, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         IlladaGenerationConfig(**knobs)
     with pytest.raises(ValueError, match=f"`{name}`"):
-        _tiny().generate(torch.tensor([[5, 6, 7]]), **{"max_new_tokens": 4, **knobs})
+        tiny_model().generate(torch.tensor([[5, 6, 7]]), **{"max_new_tokens": 4, **knobs})
 
 
 @pytest.mark.parametrize("inputs,message", [
@@ -149,22 +146,22 @@ def test_every_generation_knob_is_checked_by_name(knobs, name):
 ])
 def test_bad_prompts_are_named(inputs, message):
     with pytest.raises(ValueError, match=message):
-        _tiny().generate(inputs, max_new_tokens=4)
+        tiny_model().generate(inputs, max_new_tokens=4)
 
 
 @pytest.mark.parametrize("mask", [[[1, 0.9, 1]], [[1, 2, 1]], [[1, -1, 1]]])
 def test_attention_masks_other_than_0_and_1_are_refused(mask):
     with pytest.raises(ValueError, match="`attention_mask` must hold 0"):
-        _tiny().generate(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor(mask), max_new_tokens=4)
+        tiny_model().generate(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor(mask), max_new_tokens=4)
 
 
 def test_end_ids_beyond_the_vocabulary_are_refused():
     with pytest.raises(ValueError, match=r"eos_token_id / eot_token_id.*\[99\].*vocab_size=64"):
-        _tiny().generate(torch.tensor([[5, 6]]), max_new_tokens=4, eos_token_id=99)
+        tiny_model().generate(torch.tensor([[5, 6]]), max_new_tokens=4, eos_token_id=99)
 
 
 def test_errors_name_the_knob_as_passed_and_where_it_came_from():
-    model = _tiny()
+    model = tiny_model()
     with pytest.raises(ValueError, match=r"`gen_length` \(`max_new_tokens`\)"):
         model.generate(torch.tensor([[5, 6]]), gen_length=10, block_length=4)
     model.generation_config = IlladaGenerationConfig(max_new_tokens=8, suffix_window=4, mask_token_id=MASK)
@@ -175,7 +172,7 @@ def test_errors_name_the_knob_as_passed_and_where_it_came_from():
 def test_a_broken_generation_config_json_is_an_error_naming_the_file(tmp_path):
     from transformers import AutoModel
 
-    model = _tiny()
+    model = tiny_model()
     model.save_pretrained(tmp_path)
     (tmp_path / "generation_config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"generation_config\.json is not valid JSON"):
@@ -202,19 +199,9 @@ def test_repetition_penalty_by_hand():
 
 
 def test_repetition_penalty_breaks_a_loop_in_generate():
-    from conftest import tiny_config
-    from modeling_illada import IlladaForMaskedDiffusion, IlladaMaskedDiffusionOutput
-
-    class ThreeCandidates(IlladaForMaskedDiffusion):
-        """Every position prefers 20 (logit 3), then 21 (2.5), then 22 (2): greedy decoding loops on 20."""
-
-        def forward(self, input_ids=None, logits_to_keep=0, **kwargs):
-            logits = torch.zeros(*input_ids.shape, 64)
-            logits[..., 20], logits[..., 21], logits[..., 22] = 3.0, 2.5, 2.0
-            return IlladaMaskedDiffusionOutput(logits=logits[:, logits_to_keep] if not isinstance(logits_to_keep, int)
-                                               else logits)
-
-    model = ThreeCandidates(tiny_config()).eval()
+    table = torch.zeros(tiny_config().max_position_embeddings, 64)
+    table[:, 20], table[:, 21], table[:, 22] = 3.0, 2.5, 2.0  # every position prefers 20, then 21, then 22
+    model = FakeDenoiser(table=table)  # greedy decoding loops on 20
     knobs = dict(max_new_tokens=4, steps=4, eos_early_stop=False)
     assert model.generate(torch.tensor([[5, 6]]), **knobs)[0, 2:].tolist() == [20, 20, 20, 20]
     penalised = model.generate(torch.tensor([[5, 6]]), repetition_penalty=100.0, **knobs)[0, 2:].tolist()
@@ -222,9 +209,6 @@ def test_repetition_penalty_breaks_a_loop_in_generate():
 
 
 # --- the model: its config and its forward ------------------------------------------------------------------------
-
-from modeling_illada import IlladaConfig  # noqa: E402
-
 
 @pytest.mark.parametrize("fields,name", [
     (dict(rope_theta=0.0), "rope_theta"), (dict(rope_theta=-1.0), "rope_theta"),
@@ -234,10 +218,8 @@ from modeling_illada import IlladaConfig  # noqa: E402
     (dict(pad_token_id=-1), "pad_token_id"), (dict(vocab_size=0), "vocab_size"),
 ])
 def test_config_values_are_checked_by_name(fields, name):
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2, mask_token_id=3)
     with pytest.raises(ValueError, match=f"`{name}`"):
-        IlladaConfig(**{**base, **fields})
+        tiny_config(**fields)
 
 
 def test_a_misspelt_config_field_warns_with_the_closest_name():
@@ -246,8 +228,7 @@ def test_a_misspelt_config_field_warns_with_the_closest_name():
     from modeling_illada import configuration_illada
 
     with CaptureLogger(configuration_illada.logger) as captured:
-        config = IlladaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=4, num_key_value_heads=2, mask_token_id=3, rms_norm_epsilon=1e-5)
+        config = tiny_config(rms_norm_epsilon=1e-5)
     assert "did you mean `rms_norm_eps`" in captured.out and config.rms_norm_eps == 1e-6
 
 
@@ -257,12 +238,12 @@ def test_a_misspelt_config_field_warns_with_the_closest_name():
 ])
 def test_the_forward_names_bad_input_ids(ids, message):
     with pytest.raises(ValueError, match=message):
-        _tiny()(ids)
+        tiny_model()(ids)
 
 
 def test_the_forward_refuses_a_non_binary_padding_mask():
     with pytest.raises(ValueError, match="0 \\(padding\\) and 1"):
-        _tiny()(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 2, 1]]))
+        tiny_model()(torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 2, 1]]))
 
 
 def test_loading_names_an_empty_folder_and_damaged_weights(tmp_path):
@@ -273,7 +254,7 @@ def test_loading_names_an_empty_folder_and_damaged_weights(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="without config.json"):
         IlladaForMaskedDiffusion.from_pretrained(tmp_path / "empty")
-    _tiny().save_pretrained(tmp_path / "nan")
+    tiny_model().save_pretrained(tmp_path / "nan")
     weights = load_file(tmp_path / "nan" / "model.safetensors")
     weights["model.norm.weight"][0] = float("nan")
     save_file(weights, tmp_path / "nan" / "model.safetensors", metadata={"format": "pt"})

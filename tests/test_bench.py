@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_model
+from helpers import tiny_model
 from modeling_illada import IlladaGenerationConfig
 
 ROOT = Path(__file__).resolve().parent.parent

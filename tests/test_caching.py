@@ -8,14 +8,10 @@ keys inside its window, the refresh's keys outside it); and a plain step-by-step
 import pytest
 import torch
 
-from conftest import tiny_model
-from fake_denoiser import FakeDenoiser
+from helpers import CACHED, MASK, FakeDenoiser, tiny_model
 from modeling_illada import IlladaGenerationConfig
-from modeling_illada.caching import CACHES, DualCache, NoCache, PrefixCache
+from modeling_illada.caching import CACHES, NoCache, PrefixCache
 from modeling_illada.schedules import SCHEDULES
-
-MASK, EOS = 3, 2
-CACHED = ["prefix", "dual"]
 
 
 def padded_canvas(prompt_lengths=(6, 3), new=12, seed=0):
@@ -73,7 +69,7 @@ def test_refresh_step_logits_equal_uncached(name):
         torch.testing.assert_close(cached, plain, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("policy", [PrefixCache, DualCache])
+@pytest.mark.parametrize("policy", [CACHES[name] for name in CACHED])
 def test_cached_steps_see_fresh_window_and_refreshed_rest(policy):
     model = tiny_model(tie_word_embeddings=False)
     x, mask, positions = padded_canvas()
@@ -153,7 +149,7 @@ def test_cached_left_padded_cfg_batch_matches_each_prompt_alone(name):
     assert torch.equal(together[1, :3], torch.full((3,), 1))  # padding untouched
 
 
-@pytest.mark.parametrize("cache", ["none", *CACHED])
+@pytest.mark.parametrize("cache", sorted(CACHES))
 def test_threshold_one_reduces_to_plain_one_token_per_step(cache):
     model = tiny_model(tie_word_embeddings=False)
     prompt = torch.randint(4, 64, (2, 4), generator=torch.Generator().manual_seed(3))
@@ -262,7 +258,7 @@ def test_suffix_window_logits_are_a_forward_over_the_cut_canvas():
     assert not torch.allclose(got, NoCache(model).logits(x, mask, positions, 6, 10, 0), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["none", *CACHED])
+@pytest.mark.parametrize("name", sorted(CACHES))
 def test_suffix_window_covering_the_canvas_changes_nothing(name):
     model = tiny_model(tie_word_embeddings=False)
     x, mask, _ = padded_canvas(new=0)
@@ -277,7 +273,7 @@ def test_suffix_window_covering_the_canvas_changes_nothing(name):
     assert not bool((narrow.sequences == MASK).any())
 
 
-@pytest.mark.parametrize("name", ["none", "dual"])
+@pytest.mark.parametrize("name", sorted(CACHES))
 def test_suffix_window_left_padded_batch_matches_each_prompt_alone(name):
     model = tiny_model(tie_word_embeddings=False)
     x, mask, _ = padded_canvas(new=0)

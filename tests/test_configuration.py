@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from helpers import tiny_config
 from modeling_illada import IlladaConfig, LladaConfig, list_presets, load_preset
 from modeling_illada.presets import read_preset
 
@@ -79,18 +80,14 @@ def test_every_preset_names_its_source_and_builds():
     ],
 )
 def test_bad_architecture_is_a_clear_error(fields, message):
-    base = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=2)
-    base.update(fields)
     with pytest.raises(ValueError, match=message):
-        IlladaConfig(**base)
+        tiny_config(**fields)
 
 
 def test_extra_attributes_are_kept_through_save_and_load(tmp_path):
     """transformers' config contract (its common tests set `layer_norm_eps = 1.0` on every config): a key the config
     does not declare is an attribute, written to config.json and read back; the architecture is unchanged."""
-    config = IlladaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                          num_attention_heads=4, num_key_value_heads=2, layer_norm_eps=1.0, my_note="kept")
+    config = tiny_config(layer_norm_eps=1.0, my_note="kept")
     config.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["layer_norm_eps"] == 1.0
     again = AutoConfig.from_pretrained(tmp_path)

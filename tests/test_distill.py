@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_model
+from helpers import MASK, tiny_model
 from illada_cli import main
 from modeling_illada.distill import (
     CertaintyForcingCollator,
@@ -22,8 +22,6 @@ from modeling_illada.distill import (
 from modeling_illada.collators import PretrainCollator
 from modeling_illada.training import train
 from test_training import FAST, sentences
-
-MASK = 3
 
 
 def trajectory(prompt_length: int, total: int, offset: int = 10) -> dict:

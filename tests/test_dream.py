@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel
 
+from helpers import CACHED
 from modeling_illada import DreamConfig, DreamForMaskedDiffusion, DreamGenerationConfig, load_preset
 from modeling_illada.generation_dream import ALGORITHMS
 from modeling_illada.presets import read_preset
@@ -195,7 +196,7 @@ def test_generate_with_this_packages_knobs_runs_on_a_dream_model(dream_folder):
     prompt = torch.randint(3, 30, (1, 4))
     plain = model.generate(prompt, max_new_tokens=8, steps=8, block_length=4)
     assert plain.shape == (1, 12) and not bool((plain == MASK).any())
-    for cache in ("prefix", "dual"):  # exact at each block's first step, approximate after
+    for cache in CACHED:  # exact at each block's first step, approximate after
         out = model.generate(prompt, max_new_tokens=8, steps=8, block_length=4, cache=cache, return_dict_in_generate=True)
         assert out.sequences.shape == (1, 12) and out.num_forward_passes == 8
     fast = model.generate(prompt, max_new_tokens=8, block_length=4, parallel_decoding=True, suffix_window=4)

@@ -13,12 +13,11 @@ import pytest
 import torch
 from transformers import TextDiffusionStreamer
 
-from conftest import tiny_model
-from fake_denoiser import FakeDenoiser, word_tokenizer
+from helpers import EOS, MASK, FakeDenoiser, tiny_model, word_tokenizer
 from modeling_illada import IlladaGenerationConfig
+from modeling_illada.caching import CACHES
+from modeling_illada.remasking import REMASKING
 from reference_llada import llada_generate
-
-MASK, EOS = 3, 2
 
 
 def rising(n=64, vocab=64):
@@ -121,7 +120,7 @@ def test_top_k_one_is_greedy():
     assert torch.equal(model.generate(prompt, max_new_tokens=8, temperature=2.0, top_p=1e-6, eos_early_stop=False), greedy)
 
 
-@pytest.mark.parametrize("remasking", ["low_confidence", "random", "margin", "entropy"])
+@pytest.mark.parametrize("remasking", sorted(REMASKING))
 def test_every_remasking_strategy_fills_the_canvas(remasking):
     model = tiny_model()
     out = model.generate(torch.randint(4, 64, (2, 3)), max_new_tokens=8, steps=4, block_length=4, remasking=remasking)
@@ -193,7 +192,7 @@ def test_stop_strings_end_variable_length_generation():
     assert out.shape[1] == 6 and out[0, 5] == cat
 
 
-@pytest.mark.parametrize("cache", ["none", "dual"])
+@pytest.mark.parametrize("cache", sorted(CACHES))
 def test_bfloat16_generation_runs_on_cpu(cache):
     model = tiny_model().to(torch.bfloat16)
     prompt = torch.randint(4, 64, (2, 5))

@@ -1,18 +1,16 @@
 """Likelihood scoring: LLaDA's Monte Carlo bound and iLLaDA's confidence scorer (`modeling_illada/likelihood.py`).
 
-Exactness is checked on a denoiser whose predictions ignore the context (fixed logits per position): there the true
-log-likelihood is the sum of per-position log-probs, the confidence scorer must return it exactly and the Monte
-Carlo estimate must be unbiased around it. Batching and CFG are checked on a real tiny model against
-straightforward one-pair-at-a-time computations.
+Exactness is checked on a denoiser whose predictions ignore the context (`FakeDenoiser.random`: fixed random logits
+per position, counted over real tokens): there the true log-likelihood is the sum of per-position log-probs, the
+confidence scorer must return it exactly and the Monte Carlo estimate must be unbiased around it. Batching and CFG
+are checked on a real tiny model against straightforward one-pair-at-a-time computations.
 """
-
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, tiny_model
 
+from helpers import FakeDenoiser, tiny_model
 from modeling_illada import likelihood
 from modeling_illada.likelihood import (
     confidence_log_likelihood,
@@ -23,63 +21,43 @@ from modeling_illada.likelihood import (
 )
 
 
-class ContextFreeDenoiser(torch.nn.Module):
-    """Logits depend only on the position (counted over real tokens), never on the tokens: p(x_0 | x_t) factorises,
-    so log p(answer | prompt) is exactly the sum of the answer's per-position log-probs. Counts its forwards."""
-
-    def __init__(self, seed: int = 0, **overrides):
-        super().__init__()
-        self.config = tiny_config(**overrides)
-        generator = torch.Generator().manual_seed(seed)
-        self.table = torch.nn.Parameter(
-            3 * torch.randn(self.config.max_position_embeddings, self.config.vocab_size, generator=generator)
-        )
-        self.forwards = 0
-
-    def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
-        self.forwards += 1
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        logits = self.table[positions]  # (B, T, V)
-        keep = logits_to_keep if isinstance(logits_to_keep, slice) else slice(None)
-        return SimpleNamespace(logits=logits[:, keep])
-
-    def exact(self, prompt, answer) -> float:
-        """The true log p(answer | prompt): sum over answer positions of log softmax(table[position])[token]."""
-        log_probs = self.table.detach().log_softmax(-1)
-        return sum(float(log_probs[len(prompt) + j, token]) for j, token in enumerate(answer))
+def exact(model, prompt, answer) -> float:
+    """The true log p(answer | prompt) under a context-free `FakeDenoiser`: sum over answer positions of
+    log softmax(table[position])[token]."""
+    log_probs = model.table.detach().log_softmax(-1)
+    return sum(float(log_probs[len(prompt) + j, token]) for j, token in enumerate(answer))
 
 
 PAIRS = ([[5, 6, 7], [8], [9, 10, 11, 12, 13]], [[20, 21, 22, 23], [24], [26, 27, 28]])  # a one-token answer among them
 
 
 def test_confidence_scorer_is_exact_for_a_context_free_denoiser():
-    model = ContextFreeDenoiser()
+    model = FakeDenoiser.random()
     prompts, answers = PAIRS
     got = confidence_log_likelihood(model, prompts, answers)
-    want = torch.tensor([model.exact(p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
+    want = torch.tensor([exact(model, p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     # BOS shifts the answer by one position; the appended EOS is never scored
     got = confidence_log_likelihood(model, prompts, answers, add_bos_token=True, padd_eos=True)
-    want = torch.tensor([model.exact([0] + p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
+    want = torch.tensor([exact(model, [0] + p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_monte_carlo_weighting_is_exact_when_every_answer_token_costs_the_same():
     # One token repeated at positions whose logits are identical: every sample is (L / l) * l * CE = L * CE,
     # whatever it masks, so a wrong weight (e.g. 1 / l, or dividing by the mini-batch twice) shows at any mc_num.
-    model = ContextFreeDenoiser()
+    model = FakeDenoiser.random()
     with torch.no_grad():
         model.table[:] = model.table[0]
     answer = [30] * 6
     got = monte_carlo_log_likelihood(model, [5, 6], answer, mc_num=8, mc_batch_size=4, seed=0)
-    torch.testing.assert_close(got, torch.tensor([model.exact([5, 6], answer)], dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(got, torch.tensor([exact(model, [5, 6], answer)], dtype=torch.float64), rtol=0, atol=1e-5)
 
 
 def test_monte_carlo_is_unbiased_for_a_context_free_denoiser():
-    model = ContextFreeDenoiser()
+    model = FakeDenoiser.random()
     prompts, answers = PAIRS
-    want = torch.tensor([model.exact(p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
+    want = torch.tensor([exact(model, p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
     runs = torch.stack([monte_carlo_log_likelihood(model, prompts, answers, mc_num=64, seed=s) for s in range(24)])
     mean, stderr = runs.mean(0), runs.std(0) / runs.shape[0] ** 0.5
     assert (stderr[[0, 2]] > 0).all()  # random masks really vary the estimate of multi-token answers...
@@ -148,10 +126,10 @@ def test_padded_batch_equals_pairs_scored_alone():
 
 
 def test_one_token_answer_is_exact_in_one_forward():
-    model = ContextFreeDenoiser()
+    model = FakeDenoiser.random()
     got = monte_carlo_log_likelihood(model, [5, 6, 7], [40], mc_num=128)
-    assert model.forwards == 1
-    assert got.item() == pytest.approx(model.exact([5, 6, 7], [40]), abs=1e-5)
+    assert len(model.calls) == 1
+    assert got.item() == pytest.approx(exact(model, [5, 6, 7], [40]), abs=1e-5)
     # on a real model: the log-prob of the token under one forward with the answer position masked
     real = tiny_model()
     with torch.no_grad():
@@ -195,12 +173,12 @@ def test_confidence_scorer_matches_the_reference_loop(cfg_scale):
 
 
 def test_confidence_scorer_takes_one_forward_per_answer_token():
-    model = ContextFreeDenoiser()
+    model = FakeDenoiser.random()
     confidence_log_likelihood(model, [5, 6], [7, 8, 9, 10])
-    assert model.forwards == 4
-    model.forwards = 0
+    assert len(model.calls) == 4
+    model.calls.clear()
     confidence_log_likelihood(model, *PAIRS)  # a batch takes as many forwards as its longest answer
-    assert model.forwards == 4
+    assert len(model.calls) == 4
 
 
 def test_classifier_free_guidance_changes_the_score_as_the_formula_says():
@@ -224,14 +202,14 @@ def test_whole_text_elbo_is_the_empty_prompt_bound_and_windows_long_texts():
     assert elbo(model, [text], mc_num=8, seed=0, add_bos_token=True).item() == pytest.approx(
         monte_carlo_log_likelihood(model, [0], text, mc_num=8, seed=0).item(), abs=1e-6)
     # beyond the context: windows, each exact here (a repeated token at identical positions, as above)
-    flat = ContextFreeDenoiser(max_position_embeddings=16)
+    flat = FakeDenoiser.random(max_position_embeddings=16)
     with torch.no_grad():
         flat.table[:] = flat.table[0]
     long_text = [30] * 40
     want = 40 * flat.table.detach().log_softmax(-1)[0, 30].item()
     assert elbo(flat, [long_text], mc_num=4, seed=0).item() == pytest.approx(want, abs=1e-4)
     # windows of 16 tokens cannot share a padded batch of 16 with their contexts: each batch fits the context
-    assert flat.forwards == 2
+    assert len(flat.calls) == 2
     with pytest.raises(ValueError, match="exceeds the context"):
         monte_carlo_log_likelihood(flat, [], long_text, mc_num=4)
 

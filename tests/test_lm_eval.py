@@ -14,9 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import tiny_model  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from helpers import EOS, MASK, FakeDenoiser, tiny_config, tiny_model, word_tokenizer  # noqa: E402
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -25,7 +24,6 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 import illada_cli as cli  # noqa: E402
 from modeling_illada.likelihood import confidence_log_likelihood, monte_carlo_log_likelihood  # noqa: E402
 from modeling_illada.lm_eval_model import IlladaEvalHarness  # noqa: E402
-from modeling_illada.modeling_illada import IlladaForMaskedDiffusion, IlladaMaskedDiffusionOutput  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = REPO / "tests" / "lm_eval_tasks"
@@ -35,13 +33,9 @@ WORDS = ("the sky is grass snow blue green white red colour of question answer :
          "assistant system").split()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer whose special ids match `tiny_config()`: BOS 0, pad 1, EOS 2, mask 3."""
-    vocab = {token: i for i, token in enumerate(["<s>", "<pad>", "</s>", "<mask>", "<unk>"] + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                   mask_token="<mask>", unk_token="<unk>")
+def tiny_tokenizer():
+    """The word-level tokenizer over WORDS, with an unknown token (id 4) and punctuation split off."""
+    return word_tokenizer(WORDS, unk_token="<unk>", split_punctuation=True, padding_side="right")
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +117,7 @@ def test_check_greedy_compares_the_greedy_fill_with_the_continuation():
     model, tokenizer = tiny_model(), tiny_tokenizer()
     lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, check_greedy=True, scorer="confidence")
     context = tokenizer("count : one two", add_special_tokens=False).input_ids
-    canvas = torch.tensor([context + [3, 3]])
+    canvas = torch.tensor([context + [MASK, MASK]])
     greedy = model.generate(canvas, max_new_tokens=0, steps=2, block_length=2)[0, -2:].tolist()
     other = [t for t in range(5, 40) if t not in greedy][:2]
 
@@ -134,25 +128,11 @@ def test_check_greedy_compares_the_greedy_fill_with_the_continuation():
     assert lm.loglikelihood([request(other)])[0][1] is False
 
 
-class ScriptedDenoiser(IlladaForMaskedDiffusion):
-    """Predicts `script[position]` at every position whatever the input, so its generations are known."""
-
-    script = None
-
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
-        if position_ids is None:
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = 20.0 * torch.nn.functional.one_hot(self.script[position_ids], self.config.vocab_size).float()
-        keep = logits_to_keep if isinstance(logits_to_keep, slice) else slice(None)
-        return IlladaMaskedDiffusionOutput(logits=logits[:, keep])
-
-
-def scripted(tokenizer, prompt: str, continuation: str) -> ScriptedDenoiser:
-    model = ScriptedDenoiser(tiny_model().config).eval()
+def scripted(tokenizer, prompt: str, continuation: str) -> FakeDenoiser:
+    """Predicts the tokens of `prompt continuation` (then EOS) at their positions whatever the input, so its
+    generations are known."""
     ids = tokenizer(prompt + " " + continuation, add_special_tokens=False).input_ids
-    model.script = torch.tensor(ids + [2] * (model.config.max_position_embeddings - len(ids)))
-    return model
+    return FakeDenoiser(ids + [EOS] * (tiny_config().max_position_embeddings - len(ids)), 20.0)
 
 
 def test_generate_until_stops_and_cuts_at_the_stop_sequence():

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,18 +10,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForMaskedLM
 
-from conftest import tiny_config, tiny_model
+from helpers import run_fresh, tiny_model, word_tokenizer
 from modeling_illada import IlladaForMaskedDiffusion, LladaForMaskedDiffusion
 from reference_llada import llada_forward
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A script run in a fresh interpreter where `import modeling_illada` is impossible: only the saved folder's code
-# can make the model. It prints max |logits - expected| and the class/module names it got.
+# A script run in a fresh interpreter where `import modeling_illada` is impossible (`run_fresh`): only the saved
+# folder's code can make the model. It prints max |logits - expected| and the class/module names it got.
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys, json
-    sys.modules["modeling_illada"] = None  # the package must not be importable
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
@@ -50,14 +47,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 def run_without_package(folder, ids, expected_logits, tmp_path):
     expected = tmp_path / "expected.safetensors"
     save_file({"ids": ids.contiguous(), "logits": expected_logits.contiguous()}, str(expected))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(expected)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_fresh(REMOTE_SCRIPT, folder, expected, cwd=tmp_path)
 
 
 def logits(model, ids):
@@ -258,10 +248,9 @@ def test_device_map_auto_with_offload_gives_the_same_logits(tmp_path, model):
     torch.testing.assert_close(logits(offloaded, ids), logits(model, ids), rtol=0, atol=0)
 
 
-TOKENIZER_SCRIPT = textwrap.dedent(
+TOKENIZER_SCRIPT = textwrap.dedent(  # run by a user of transformers alone (`run_fresh`: no modeling_illada)
     """
     import sys
-    sys.modules["modeling_illada"] = None  # a user of transformers alone
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=False)
     print(type(tokenizer).__name__, tokenizer.mask_token)
@@ -275,16 +264,11 @@ def test_tokenizer_is_saved_beside_the_model_and_loads_without_a_remote_code_pro
     `trust_remote_code=False` loads the tokenizer (it needs no code) instead of a 15 s "run custom code?" prompt."""
     from transformers import AutoTokenizer
 
-    from fake_denoiser import word_tokenizer
-
     folder = tmp_path / "saved"
     model.save_pretrained(folder)
     assert not any(name.startswith(("tokenizer", "special_tokens")) for name in os.listdir(folder))
     word_tokenizer().save_pretrained(folder)
     monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("prompted to run custom code"))
     assert AutoTokenizer.from_pretrained(folder).mask_token == "<mask>"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", TOKENIZER_SCRIPT, str(folder)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split()[-1] == "<mask>" and "Do you wish to run the custom code" not in result.stdout
+    stdout = run_fresh(TOKENIZER_SCRIPT, folder, cwd=tmp_path, timeout=120, parse=False)
+    assert stdout.split()[-1] == "<mask>" and "Do you wish to run the custom code" not in stdout

@@ -6,15 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_model
-from fake_denoiser import FakeDenoiser
+from helpers import EOS, MASK, FakeDenoiser, tiny_model
 from modeling_illada.caching import CACHES
 from modeling_illada.diffusion import align_predictions, prediction_rows
 from modeling_illada.likelihood import confidence_log_likelihood, elbo, monte_carlo_log_likelihood
 from modeling_illada.collators import CausalCollator, PretrainCollator, SFTCollator
 from test_loading import logits, run_without_package
 
-MASK = 3
 TARGETS = torch.arange(10, 50)  # output at position p predicts token 10 + p
 
 
@@ -80,8 +78,8 @@ def test_collators_never_mask_position_0_of_a_shifted_model():
     assert bool((batch["labels"][:, 0] == -100).all())
     # 1/p over batch x (length - 1): the weights of the 8 x 15 masked tokens sum to mean(1/p) ~ 1 (not 15/16)
     assert abs(batch["loss_weights"].sum().item() - 1.0) < 2e-3
-    rows = [{"input_ids": [10, 11, 12, 2], "prompt_length": 0}] * 4
-    sft = SFTCollator(MASK, eps=0.999, seed=0, shift_logits=True, eos_token_id=2)(rows)
+    rows = [{"input_ids": [10, 11, 12, EOS], "prompt_length": 0}] * 4
+    sft = SFTCollator(MASK, eps=0.999, seed=0, shift_logits=True, eos_token_id=EOS)(rows)
     assert not bool((sft["input_ids"][:, 0] == MASK).any())
     causal = CausalCollator(shift_logits=True)([{"input_ids": [10, 11, 12]}])
     assert causal["labels"].tolist() == [[-100, 11, 12]]  # the tokens themselves, in canvas columns

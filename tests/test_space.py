@@ -2,12 +2,13 @@
 the REST API, raw sockets, a load of concurrent clients), and runs in headless Debian chromium driven by Playwright
 (skipped when chromium is absent).
 
-Everything runs on a tiny model + word-level tokenizer saved to folders (`space_helpers.save_models`); the one test
+Everything runs on a tiny model + word-level tokenizer saved to folders (`save_models`); the one test
 of the embedded demo model is marked slow and skipped when the demo model is not there.
 """
 
 import html
 import importlib.util
+import json
 import re
 import shutil
 import sys
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import space_helpers
-from conftest import tiny_model
+from helpers import SPECIAL_TOKENS, tiny_model, word_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -40,6 +41,33 @@ TEST_SETTINGS = dict(max_new_tokens=32, steps=16, block_length=16, remasking="lo
 # The load test's bounds: every well-behaved client served within GOOD_SECONDS, and the server (this process, which
 # also runs the clients) grows by at most MEMORY_MB, while one client never reads a run that would take SLOW_SECONDS.
 GOOD_SECONDS, MEMORY_MB, SLOW_SECONDS = 20.0, 150.0, 30.0
+
+
+WORDS = ("the cat dog bird sat ran flew on under a mat tree roof and then it was very small big happy red blue . , ! ? "
+         "<b> </b> <script> & \" one two three sun moon star sky sea home road went saw slept sang old new green good "
+         "day night cold warm up down in user assistant :").split()
+VOCAB_SIZE = len(SPECIAL_TOKENS) + len(WORDS)  # 64
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+def space_tokenizer(chat: bool):
+    """The tiny model's tokenizer over WORDS, with CHAT_TEMPLATE when `chat`."""
+    return word_tokenizer(WORDS, chat_template=CHAT_TEMPLATE if chat else None, padding_side="right")
+
+
+def save_models(root: Path) -> Path:
+    """Three saved tiny models (same weights) under `root`: `plain` completes text, `templated` has a chat template
+    (and no chat training), `trained` has both (its `illada_train.json` lists chat data, as `illada train --sft`
+    writes it)."""
+    model = tiny_model(vocab_size=VOCAB_SIZE, initializer_range=0.6)  # peaky logits: varied tokens
+    with torch.no_grad():  # EOS logit 0 (below the best of 63 peaky logits): no early stop, runs take every step
+        model.get_input_embeddings().weight[model.config.eos_token_id] = 0
+    for name in ("plain", "templated", "trained"):
+        model.save_pretrained(root / name)
+        space_tokenizer(chat=name != "plain").save_pretrained(root / name)
+    (root / "trained" / "illada_train.json").write_text(json.dumps({"recipe": "TrainRecipe", "sft": ["chats.jsonl"]}))
+    return root
 
 
 def knobs(**overrides):
@@ -69,7 +97,7 @@ def wait_for_no_worker(seconds: float) -> bool:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    return space_helpers.save_models(tmp_path_factory.mktemp("space-models"), tiny_model)
+    return save_models(tmp_path_factory.mktemp("space-models"))
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +296,8 @@ def test_every_user_controlled_size_is_bounded(app, chat_app):
 
 def test_sliders_and_server_follow_the_model_context():
     for context in (256, 64):
-        model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, max_position_embeddings=context)
-        engine = space.Engine(model=model, tokenizer=space_helpers.word_tokenizer(chat=False), name="tiny")
+        model = tiny_model(vocab_size=VOCAB_SIZE, max_position_embeddings=context)
+        engine = space.Engine(model=model, tokenizer=space_tokenizer(chat=False), name="tiny")
         events = space.App(engine)
         length = events.controls["max_new_tokens"]
         room = context - engine.min_prompt_tokens()  # the shortest prompt plus Length must fit
@@ -306,7 +334,7 @@ def test_infill_fills_the_blanks_in_place(app):
 
 
 def test_early_stop_shows_the_eos_filled_tail(app):
-    model = tiny_model(vocab_size=len(space_helpers.WORDS) + 4, initializer_range=0.6)
+    model = tiny_model(vocab_size=VOCAB_SIZE, initializer_range=0.6)
     eos, forward = model.config.eos_token_id, model.forward
 
     def forward_preferring_eos(*args, **kwargs):

@@ -3,17 +3,14 @@ down, Hub-native checkpoints, resume), the tokenizer, and clear errors for bad i
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
 
-from conftest import tiny_model
+from helpers import TINY_SIZES, run_fresh, tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
 from illada_cli import main
 from modeling_illada.collators import (
@@ -24,12 +21,11 @@ from modeling_illada.corpus import (
 )
 from modeling_illada.training import train
 
-# Run in a fresh interpreter where `import modeling_illada` is impossible: only the checkpoint's code and files
-# can make the model and tokenizer. Prints max |logits - expected|, the model's module and a generated length.
+# Run in a fresh interpreter where `import modeling_illada` is impossible (`run_fresh`): only the checkpoint's code
+# and files can make the model and tokenizer. Prints max |logits - expected|, the model's module and a generated length.
 REMOTE_SCRIPT = textwrap.dedent(
     """
     import sys, json
-    sys.modules["modeling_illada"] = None
     import torch
     from transformers import AutoModel, AutoTokenizer
     folder, expected = sys.argv[1], torch.tensor(json.loads(sys.argv[2]))
@@ -43,18 +39,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     """
 )
 
-
-def run_without_package(folder, expected_logits, tmp_path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(folder), json.dumps(expected_logits.tolist())],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip(), result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=64, rope_theta=10000.0)
+TINY = dict(TINY_SIZES, max_position_embeddings=64, rope_theta=10000.0)  # the tiny model's sizes, a shorter context
 FAST = dict(config=TINY, train_tokenizer_vocab=300, seq_length=32, batch_size=8, warmup_steps=0, logging_steps=1,
             disable_tqdm=True, random_length_prob=0.0)
 
@@ -265,7 +250,7 @@ def test_checkpoint_is_hub_native_and_reloads_without_the_package(tmp_path, corp
     ids = torch.tensor([tokenizer("the cat sees the dog.").input_ids + [3, 3]])
     with torch.no_grad():
         expected = trainer.model.eval()(ids).logits
-    got = run_without_package(checkpoint, expected, tmp_path)
+    got = run_fresh(REMOTE_SCRIPT, checkpoint, json.dumps(expected.tolist()), cwd=tmp_path)
     assert got["diff"] < 1e-5 and got["module"].startswith("transformers_modules") and got["generated"] == 8
 
 

@@ -1,10 +1,13 @@
 """Tiny autoregressive base models for `illada adapt` tests: a random Llama or Qwen2 causal LM with a byte-level BPE
 tokenizer (ChatML template, unused special tokens like SmolLM2's), saved as a transformers folder or written as a
-GGUF file with the `gguf` package (llama.cpp's tensor names and its q/k permutation, which transformers undoes)."""
+GGUF file with the `gguf` package (llama.cpp's tensor names and its q/k permutation, which transformers undoes).
+Their layers are the tiny diffusion model's (`helpers.TINY_SIZES`)."""
 
 import json
 
 import torch
+
+from helpers import TINY_SIZES
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -38,9 +41,8 @@ def tiny_causal_lm(kind: str = "llama", tokenizer=None, seed: int = 0, tied: boo
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = tokenizer or bpe_tokenizer()
-    sizes = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
-                 tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    sizes = dict(vocab_size=len(tokenizer), **TINY_SIZES, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                  pad_token_id=tokenizer.pad_token_id)
     config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
     torch.manual_seed(seed)
