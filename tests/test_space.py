@@ -639,11 +639,21 @@ def test_under_load_every_good_client_is_served_and_memory_stays_bounded(server)
     assert wait_for_no_worker(10)
 
 
-def _browser():
+@pytest.fixture
+def page():
+    """A page (1400 x 1000) of headless Debian chromium driven by Playwright, closed after the test (which is skipped
+    when chromium or Playwright is absent); screenshots go to ARTIFACTS."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    return chromium, pytest.importorskip("playwright.sync_api")
+    playwright = pytest.importorskip("playwright.sync_api")
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
 
 
 def _set(page, elem_id: str, value):
@@ -661,135 +671,112 @@ def _overlap(a, b) -> bool:
 
 
 @pytest.mark.slow
-def test_browser_sees_the_canvas_unmask_step_by_step(server):
-    chromium, playwright = _browser()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, wait_until="domcontentloaded")
-            page.locator("#prompt textarea").fill("the cat <b> sat on")
-            _set(page, "pace-ms", 80)
-            # record the mask count of every canvas the page renders
-            page.wait_for_selector("#canvas .illada-canvas")
-            page.evaluate("""() => {
-                window.__masks = [];
-                const canvas = document.querySelector('#canvas');
-                new MutationObserver(() => {
-                    const node = canvas.querySelector('.illada-canvas[data-masks]');
-                    if (node && window.__masks.at(-1) !== node.dataset.masks) window.__masks.push(node.dataset.masks);
-                }).observe(canvas, {childList: true, subtree: true});
-            }""")
-            page.get_by_role("button", name="Generate", exact=True).click()
-            page.wait_for_function("""() => {
-                const node = document.querySelector('#canvas .illada-canvas.running');
-                return node && +node.dataset.masks > 0 && +node.dataset.masks <= 40;
-            }""", timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "space-running.png"), full_page=True)
-            page.wait_for_selector("#canvas .illada-canvas.done", timeout=60_000)
-            seen = [int(m) for m in page.evaluate("window.__masks")]
-            assert seen[-1] == 0 and len([m for m in seen if m > 0]) >= 3, seen
-            assert seen == sorted(seen, reverse=True), seen
-            assert page.locator("#canvas .chips .tok.mask").count() == 0
-            assert page.locator("#canvas .chips .tok:not(.mask)").count() > 0
-            page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
-            page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
-        finally:
-            browser.close()
+def test_browser_sees_the_canvas_unmask_step_by_step(server, page):
+    page.goto(server, wait_until="domcontentloaded")
+    page.locator("#prompt textarea").fill("the cat <b> sat on")
+    _set(page, "pace-ms", 80)
+    # record the mask count of every canvas the page renders
+    page.wait_for_selector("#canvas .illada-canvas")
+    page.evaluate("""() => {
+        window.__masks = [];
+        const canvas = document.querySelector('#canvas');
+        new MutationObserver(() => {
+            const node = canvas.querySelector('.illada-canvas[data-masks]');
+            if (node && window.__masks.at(-1) !== node.dataset.masks) window.__masks.push(node.dataset.masks);
+        }).observe(canvas, {childList: true, subtree: true});
+    }""")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.wait_for_function("""() => {
+        const node = document.querySelector('#canvas .illada-canvas.running');
+        return node && +node.dataset.masks > 0 && +node.dataset.masks <= 40;
+    }""", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "space-running.png"), full_page=True)
+    page.wait_for_selector("#canvas .illada-canvas.done", timeout=60_000)
+    seen = [int(m) for m in page.evaluate("window.__masks")]
+    assert seen[-1] == 0 and len([m for m in seen if m > 0]) >= 3, seen
+    assert seen == sorted(seen, reverse=True), seen
+    assert page.locator("#canvas .chips .tok.mask").count() == 0
+    assert page.locator("#canvas .chips .tok:not(.mask)").count() > 0
+    page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
+    page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
 
 
 @pytest.mark.slow
-def test_browser_stop_chat_history_and_layout(server):
+def test_browser_stop_chat_history_and_layout(server, page):
     """Stop leaves the page stopped and scrubbable with the chat as it was; nothing overlaps; given text is text."""
-    chromium, playwright = _browser()
-    ARTIFACTS.mkdir(exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, wait_until="domcontentloaded")
-            page.get_by_role("tab", name="Chat").click()
-            _set(page, "pace-ms", 0)
-            for turn in ("the cat sat on the mat " * 6, "the dog ran"):  # a long message, then a short one
-                page.locator("#message textarea").fill(turn)
-                page.get_by_role("button", name="Send", exact=True).click()
-                page.wait_for_function("() => !document.querySelector('#message textarea').value && "
-                                       "document.querySelector('#canvas .illada-canvas.done')", timeout=30_000)
-            rows = page.locator("#chatbot .message-row").count()
-            _set(page, "pace-ms", 150)
-            page.locator("#message textarea").fill("the bird")
-            page.get_by_role("button", name="Send", exact=True).click()
-            page.wait_for_function("() => { const n = document.querySelector('#canvas .illada-canvas.running'); "
-                                   "return n && +n.dataset.step >= 2; }", timeout=30_000)
-            assert page.locator("#chatbot").inner_text().count("denoising") == 1
-            page.locator("#stop-send").click()
-            page.wait_for_selector("#canvas .illada-canvas.stopped", timeout=15_000)
-            page.wait_for_function(f"() => document.querySelectorAll('#chatbot .message-row').length == {rows}")
-            assert "denoising" not in page.locator("#chatbot").inner_text()
-            assert page.locator("#message textarea").input_value() == "the bird"  # to send again
-            assert page.locator("#final-text textarea").input_value()  # the partial text
-            assert page.locator("#scrubber input[type=range]").is_enabled()
-            page.screenshot(path=str(ARTIFACTS / "space-stopped.png"), full_page=True)
-            # layout: the chat's label and toolbar cover no message, scrolled or not (the scrolling area starts
-            # below them), and Replay sits in its column and in the scrubber's panel
-            chatbot, area = page.evaluate(BOX, "#chatbot")[0], page.evaluate(BOX, "#chatbot .bubble-wrap")[0]
-            tools = page.evaluate(BOX, "#chatbot .top-panel button") + page.evaluate(BOX, "#chatbot label")
-            assert tools and not any(_overlap(t, area) for t in tools), (tools, area)
-            for scroll in (0, 10_000):
-                page.evaluate(f"() => document.querySelector('#chatbot .bubble-wrap').scrollTop = {scroll}")
-                messages = [m for m in page.evaluate(BOX, "#chatbot .message") if m[3] > chatbot[1] and
-                            m[1] < chatbot[3]]  # the visible ones
-                assert messages and not any(_overlap(t, m) for t in tools for m in messages), (tools, messages)
-            assert not any(_overlap(a, b) for i, a in enumerate(tools) for b in tools[i + 1:])
-            for width in (1400, 900):
-                page.set_viewport_size({"width": width, "height": 1000})
-                page.wait_for_timeout(300)
-                replay, group = page.evaluate(BOX, "#replay")[0], page.evaluate(BOX, "#scrub-group")[0]
-                column, slider = page.evaluate(BOX, "#output-column")[0], page.evaluate(BOX, "#scrubber")[0]
-                inside = all(group[i] <= replay[i] + 0.5 for i in (0, 1)) and all(replay[i] <= group[i] + 0.5
-                                                                                 for i in (2, 3))
-                assert inside and replay[2] <= column[2] + 0.5 and not _overlap(replay, slider), (width, replay, group)
-            # infill: the given text is drawn as text, the blanks as chips
-            page.get_by_role("tab", name="Infill").click()
-            page.locator("#infill-text textarea").fill("the [MASK] sat on ___ mat .")
-            page.get_by_role("button", name="Fill the blanks", exact=True).click()
-            page.wait_for_selector("#canvas .illada-canvas.done", timeout=30_000)
-            given = page.locator("#canvas .given-text").all_inner_texts()
-            assert [g.strip() for g in given] == ["the", "sat on", "mat ."], given
-            page.screenshot(path=str(ARTIFACTS / "space-infill.png"), full_page=True)
-        finally:
-            browser.close()
+    page.goto(server, wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Chat").click()
+    _set(page, "pace-ms", 0)
+    for turn in ("the cat sat on the mat " * 6, "the dog ran"):  # a long message, then a short one
+        page.locator("#message textarea").fill(turn)
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.wait_for_function("() => !document.querySelector('#message textarea').value && "
+                               "document.querySelector('#canvas .illada-canvas.done')", timeout=30_000)
+    rows = page.locator("#chatbot .message-row").count()
+    _set(page, "pace-ms", 150)
+    page.locator("#message textarea").fill("the bird")
+    page.get_by_role("button", name="Send", exact=True).click()
+    page.wait_for_function("() => { const n = document.querySelector('#canvas .illada-canvas.running'); "
+                           "return n && +n.dataset.step >= 2; }", timeout=30_000)
+    assert page.locator("#chatbot").inner_text().count("denoising") == 1
+    page.locator("#stop-send").click()
+    page.wait_for_selector("#canvas .illada-canvas.stopped", timeout=15_000)
+    page.wait_for_function(f"() => document.querySelectorAll('#chatbot .message-row').length == {rows}")
+    assert "denoising" not in page.locator("#chatbot").inner_text()
+    assert page.locator("#message textarea").input_value() == "the bird"  # to send again
+    assert page.locator("#final-text textarea").input_value()  # the partial text
+    assert page.locator("#scrubber input[type=range]").is_enabled()
+    page.screenshot(path=str(ARTIFACTS / "space-stopped.png"), full_page=True)
+    # layout: the chat's label and toolbar cover no message, scrolled or not (the scrolling area starts
+    # below them), and Replay sits in its column and in the scrubber's panel
+    chatbot, area = page.evaluate(BOX, "#chatbot")[0], page.evaluate(BOX, "#chatbot .bubble-wrap")[0]
+    tools = page.evaluate(BOX, "#chatbot .top-panel button") + page.evaluate(BOX, "#chatbot label")
+    assert tools and not any(_overlap(t, area) for t in tools), (tools, area)
+    for scroll in (0, 10_000):
+        page.evaluate(f"() => document.querySelector('#chatbot .bubble-wrap').scrollTop = {scroll}")
+        messages = [m for m in page.evaluate(BOX, "#chatbot .message") if m[3] > chatbot[1] and
+                    m[1] < chatbot[3]]  # the visible ones
+        assert messages and not any(_overlap(t, m) for t in tools for m in messages), (tools, messages)
+    assert not any(_overlap(a, b) for i, a in enumerate(tools) for b in tools[i + 1:])
+    for width in (1400, 900):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        replay, group = page.evaluate(BOX, "#replay")[0], page.evaluate(BOX, "#scrub-group")[0]
+        column, slider = page.evaluate(BOX, "#output-column")[0], page.evaluate(BOX, "#scrubber")[0]
+        inside = all(group[i] <= replay[i] + 0.5 for i in (0, 1)) and all(replay[i] <= group[i] + 0.5 for i in (2, 3))
+        assert inside and replay[2] <= column[2] + 0.5 and not _overlap(replay, slider), (width, replay, group)
+    # infill: the given text is drawn as text, the blanks as chips
+    page.get_by_role("tab", name="Infill").click()
+    page.locator("#infill-text textarea").fill("the [MASK] sat on ___ mat .")
+    page.get_by_role("button", name="Fill the blanks", exact=True).click()
+    page.wait_for_selector("#canvas .illada-canvas.done", timeout=30_000)
+    given = page.locator("#canvas .given-text").all_inner_texts()
+    assert [g.strip() for g in given] == ["the", "sat on", "mat ."], given
+    page.screenshot(path=str(ARTIFACTS / "space-infill.png"), full_page=True)
 
 
 @pytest.mark.slow
-def test_browser_on_the_embedded_demo_answers_in_chat_and_takes_the_readme_screenshot():
+def test_browser_on_the_embedded_demo_answers_in_chat_and_takes_the_readme_screenshot(page):
     """The Space as `python space/app.py` opens it: the embedded demo (SmolLM2-135M-Instruct adapted), in chat mode,
     answering a question with its saved generation config. Writes artifacts/space-demo.png (README's picture)."""
     try:
         path = space_engine.default_model()
     except SystemExit as missing:
         pytest.skip(f"the embedded demo is not available: {missing}")
-    chromium, playwright = _browser()
-    ARTIFACTS.mkdir(exist_ok=True)
     events = space.App(space.Engine.load(path, device="cpu"))
     assert events.engine.chat  # a chat template, and trained on chats
     demo = events.build()
     _, url, _ = space.launch(demo, LIMITS, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator("#message textarea").fill("What is the capital of France?")
-            page.get_by_role("button", name="Send", exact=True).click()
-            page.wait_for_selector("#canvas .illada-canvas.done", timeout=120_000)
-            page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
-            answer = page.locator("#final-text textarea").input_value()
-            assert sum(ch.isalpha() for ch in answer) >= 5 and page.locator("#canvas .chips .tok.mask").count() == 0
-            page.locator("#scrubber input[type=range]").wait_for()
-            page.screenshot(path=str(ARTIFACTS / "space-demo.png"), full_page=True)
-            browser.close()
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("#message textarea").fill("What is the capital of France?")
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.wait_for_selector("#canvas .illada-canvas.done", timeout=120_000)
+        page.wait_for_function("document.querySelector('#final-text textarea').value.length > 0")
+        answer = page.locator("#final-text textarea").input_value()
+        assert sum(ch.isalpha() for ch in answer) >= 5 and page.locator("#canvas .chips .tok.mask").count() == 0
+        page.locator("#scrubber input[type=range]").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "space-demo.png"), full_page=True)
     finally:
         demo.close()
 
