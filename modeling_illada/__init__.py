@@ -5,8 +5,9 @@ Importing the package registers the model types `illada`, `llada` and `Dream` wi
 for `auto_map` so every `save_pretrained` / `push_to_hub` writes a folder that loads with
 `trust_remote_code=True` where the package is not installed.
 
-The modules imported here are the flat files that ship with a checkpoint; library-only parts (CLI, training,
-conversion, evaluation) are separate modules that no Hub file imports.
+The modules imported here are the flat files that ship with a checkpoint; library-only parts (training, adaptation,
+distillation, evaluation) are separate modules that no Hub file imports, and the `illada` console script is the
+top-level module `illada_cli` (so that `illada --help` imports neither torch nor transformers).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
