@@ -55,7 +55,7 @@ from .likelihood import SCORERS, check_monte_carlo, elbo, log_likelihood
 logger = logging.getLogger(__name__)
 
 # Upstream harness argument names (LLaDA's `eval_llada.py`, iLLaDA's `eval_illada.py`) -> ours.
-ALIASES = {"model_path": "pretrained", "llh": "scorer", "cfg": "cfg_scale", "mask_id": "mask_token_id",
+ALIASES = {"model_path": "pretrained", "llh": "scorer", "cfg": "cfg_scale",
            **GENERATION_ALIASES}
 
 # Generation knobs that only shape the output object, or come from the task: refused as model arguments.
