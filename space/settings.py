@@ -96,7 +96,7 @@ CONTROLS = Controls((
            "which masked positions a step reveals first"),
     Knob("max_new_tokens", "Length", 8, 256, 64, 8, "new tokens to unmask"),
     Knob("steps", "Steps", 1, 256, 32, 1, "denoising passes"),
-    Knob("block_length", "Block length", 4, 256, 32, 4, "must divide Length"),
+    Knob("block_length", "Block length", 1, 256, 32, 1, "must divide Length"),
     Knob("threshold", "Threshold", 0.0, 1.0, 0.0, 0.05, "0: follow the schedule", integer=False),
     Knob("temperature", "Temperature", 0.0, 2.0, 0.0, 0.05, "0: greedy", integer=False),
     Knob("cfg_scale", "CFG scale", 0.0, 3.0, 0.0, 0.1, "0: no guidance", integer=False),
