@@ -11,7 +11,7 @@ has its final length from the start (or grows a block at a time with `variable_l
 number of its masked positions, chosen by the remasking policy.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -259,7 +259,7 @@ class Reporter:
     history: list | None = None
     steps: int = 0
     revealed: int = 0  # tokens revealed by denoising (not by the EOS fill), summed over rows
-    stopped: bool = field(default=False)
+    stopped: bool = False  # `on_step` asked to stop
 
     def start(self, prompt: torch.Tensor) -> None:
         if self.streamer is not None:
