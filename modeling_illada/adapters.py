@@ -214,6 +214,7 @@ def load_adapter_folder(cls, folder, dtype=None, config=None, attn_implementatio
         source = f"{location}/{gguf_file}" if gguf_file else location
         raise ValueError(f"{folder}: its base {source} does not fit it: {error}") from None
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    model.requires_grad_(True)  # peft froze the base for inference; from_pretrained's models train as loaded
     del model.config.adapter_base  # merged: a folder saved from it holds every weight and points at no base
     model.adjust_generation_fn(None, False, None, str(folder), None, False, None, True, None, None, "", False)
     if dtype is not None and dtype != "auto":

@@ -109,6 +109,8 @@ def test_adapt_a_gguf_file_with_lora_saved_as_an_adapter(tmp_path, corpus, dtype
     record = json.loads((out / "illada_train.json").read_text())
     assert 0 < record["trainable_parameters"] < record["parameters"] / 2  # LoRA + the mask row only
     loaded = AutoModel.from_pretrained(out)  # follows the pointer, merges the adapter
+    # ... and trains as loaded, like any from_pretrained model (train/distill --model on an adapter folder)
+    assert all(p.requires_grad for p in loaded.parameters())
     merged = trainer.model.merge_and_unload().eval()
     ids = torch.tensor([[1, 20, 30, 40]])
     torch.testing.assert_close(loaded(ids).logits, merged(ids).logits, atol=tolerance, rtol=tolerance)
