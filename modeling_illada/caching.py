@@ -31,6 +31,11 @@ Shifted logits (`config.shift_logits`, see `diffusion.py`): the block's columns 
 column to their left, so a cached step feeds the window from `block_start - 1` (the last prefix column, fresh) and
 keeps the outputs of the window's first `block_length` columns; nothing else changes.
 
+Live columns (every policy): a step may name the block columns still masked in some row (`columns`, ascending
+block-relative indices); only those go through the LM head (a `(V, d)` projection per column: about a fifth of a
+dual-cache step at the demo's size), and the other columns' logits come back as zeros. Exact: the head acts on each
+column alone, and the sampler never reveals a column that is not masked.
+
 Every policy counts `forward_passes`, `positions_processed` (query positions fed to the model, summed over the rows,
 CFG's unconditional rows included) and `refreshes` (full forwards made to fill a cache).
 """
@@ -109,14 +114,23 @@ class NoCache:
         """Columns `[0, end)` the model sees: the whole canvas, or up to `suffix_window` columns after the block."""
         return length if self.suffix_window is None else min(length, block_end + self.suffix_window)
 
-    def _forward(self, input_ids, attention_mask, position_ids, keep, past_key_values=None) -> torch.Tensor:
+    def _forward(self, input_ids, attention_mask, position_ids, keep, past_key_values=None, columns=None):
+        """`(B', Lb, V)` logits of the outputs `keep` (a slice or index over the fed columns, one per block column);
+        with `columns`, only those block columns are projected and the rest are zeros."""
         self.forward_passes += 1
         self.positions_processed += input_ids.numel()
+        if columns is not None:
+            rows = torch.arange(input_ids.shape[1], device=input_ids.device)[keep]  # (Lb,) fed column of each
+            width, keep = rows.numel(), rows[columns.to(rows.device)]
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, logits_to_keep=keep,
         )
-        return out.logits
+        if columns is None:
+            return out.logits
+        logits = out.logits.new_zeros(out.logits.shape[0], width, out.logits.shape[-1])  # (B', Lb, V)
+        logits[:, columns] = out.logits
+        return logits
 
     def logits(
         self,
@@ -126,11 +140,13 @@ class NoCache:
         block_start: int,
         block_end: int,
         step: int,
+        columns: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`(B', block_end - block_start, V)` logits for the block, given the whole canvas `x` `(B', L)`."""
+        """`(B', block_end - block_start, V)` logits for the block, given the whole canvas `x` `(B', L)` (zeros
+        outside `columns` when given: see Live columns)."""
         end = self.visible_end(block_end, x.shape[1])
         return self._forward(x[:, :end], _cut(attention_mask, end), position_ids[:, :end],
-                             prediction_rows(block_start, block_end, self.shift))
+                             prediction_rows(block_start, block_end, self.shift), columns=columns)
 
 
 class PrefixCache(NoCache):
@@ -149,7 +165,7 @@ class PrefixCache(NoCache):
         """Last fed column (exclusive) of a cached step: the block and the whole visible suffix."""
         return visible
 
-    def logits(self, x, attention_mask, position_ids, block_start, block_end, step):
+    def logits(self, x, attention_mask, position_ids, block_start, block_end, step, columns=None):
         visible = self.visible_end(block_end, x.shape[1])
         x, attention_mask, position_ids = x[:, :visible], _cut(attention_mask, visible), position_ids[:, :visible]
         if self._filled_for != (block_start, tuple(x.shape)):  # a new block (or a grown canvas): refresh
@@ -158,13 +174,13 @@ class PrefixCache(NoCache):
             self.store.reset()
             self.store.window_start = 0
             return self._forward(x, attention_mask, position_ids, prediction_rows(block_start, block_end, self.shift),
-                                 self.store)
+                                 self.store, columns)
         end = self.window_end(block_end, visible)
         start = block_start - self.shift  # (B', end - start): the block, led by the column predicting its first
         self.store.window_start = start
         return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
             x[:, start:end], attention_mask, position_ids[:, start:end],
-            slice(0, block_end - block_start), self.store,
+            slice(0, block_end - block_start), self.store, columns,
         )
 
 

@@ -160,7 +160,10 @@ class Denoiser:
         # 3.b.i. forward (CFG doubles the batch)
         guided_x, guided_attention = self.guidance.batch(x, attention)
         guided_positions = positions.repeat(guided_x.shape[0] // batch, 1)
-        logits = self.cache.logits(guided_x, guided_attention, guided_positions, block_start, block_end, block_step)
+        live = eligible.any(0)  # (Lb,) columns still masked in some row: the only ones the LM head projects
+        columns = None if bool(live.all()) else live.nonzero().squeeze(-1)
+        logits = self.cache.logits(guided_x, guided_attention, guided_positions, block_start, block_end, block_step,
+                                   columns)
         logits = self.guidance.combine(logits)  # (B, Lb, V)
         # 3.b.ii. shape (SHAPING) and sample candidates
         context = ShapingContext(x, eligible, block_start, self.plan.prompt_length, self.plan.new_tokens,

@@ -69,6 +69,28 @@ def test_refresh_step_logits_equal_uncached(name):
         torch.testing.assert_close(cached, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("name", sorted(CACHES))
+def test_live_columns_are_the_only_ones_projected(name, shift):
+    # `columns`: the LM head projects those block columns only (zeros elsewhere), at a refresh and a cached step,
+    # for both layouts (a shifted model's block at column 0 reads column 0's own output)
+    model = tiny_model(tie_word_embeddings=False, shift_logits=shift)
+    x, mask, positions = padded_canvas()
+    columns = torch.tensor([1, 3])
+    for start, step in ((0, 0), (6, 0), (6, 1)):
+        cache = CACHES[name](model)
+        full = cache.logits(x, mask, positions, start, start + 4, 0)
+        if step:
+            full = cache.logits(reveal_some(x, start, start + 4), mask, positions, start, start + 4, 1)
+        cache = CACHES[name](model)
+        got = cache.logits(x, mask, positions, start, start + 4, 0, None if step else columns)
+        if step:
+            got = cache.logits(reveal_some(x, start, start + 4), mask, positions, start, start + 4, 1, columns)
+        assert got.shape == full.shape == (2, 4, 64)
+        torch.testing.assert_close(got[:, columns], full[:, columns], rtol=1e-5, atol=1e-5)
+        assert not got[:, [0, 2]].any()
+
+
 @pytest.mark.parametrize("policy", [CACHES[name] for name in CACHED])
 def test_cached_steps_see_fresh_window_and_refreshed_rest(policy):
     model = tiny_model(tie_word_embeddings=False)
