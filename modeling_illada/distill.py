@@ -5,7 +5,8 @@ The recipe follows dParallel (arXiv 2509.26488; described there, implemented her
 
 1. *Trajectories*: the model itself (the teacher) decodes prompts greedily, semi-autoregressively in blocks, one
    token per step (`generate_trajectories`). The student learns to reproduce these outputs, so its greedy
-   decoding stays close to the teacher's.
+   decoding stays close to the teacher's. Or (`sft`, ours) given chat answers are the targets, e.g. the answers of
+   the autoregressive model a diffusion model was adapted from: no teacher pass, which on a CPU is the costly part.
 2. *Semi-autoregressive masking* (`CertaintyForcingCollator`): for each trajectory one generation block is drawn;
    the prompt and earlier blocks stay clean, the block's tokens are masked with probability p = (1 - eps) t + eps
    (t uniform, stratified across the batch), and every later position is a mask, as the sampler sees it.
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 
 from .diffusion import align_predictions, logit_shift, masked_diffusion_loss
 from .collators import EPS, TIME_SAMPLING, PretrainCollator, batch_generator, mask_probability
-from .corpus import pack_documents, read_documents, split_documents
+from .corpus import encode_conversation, pack_documents, read_conversations, read_documents, split_documents
 from .training import check_output_dir, finish_run, load_model, run_trainer
 
 
@@ -277,7 +278,8 @@ def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, di
     `doc_separator` as in `training.train`), taken from the training side of the split `train()` makes with
     `eval_fraction=heldout_fraction`, so the held-out documents of the model's own training stay unseen.
     `trajectories` is a JSONL path: read if it exists, else generated and written there (never overwritten), so the
-    costly teacher pass runs once. With `text_weight` > 0 every batch also replays `batch_size` sequences of that
+    costly teacher pass runs once. `sft` chats replace the teacher pass: their answers (the training side of the same
+    split) are the targets, each after its prompt in the chat template. With `text_weight` > 0 every batch also replays `batch_size` sequences of that
     training split (packed to `seq_length`, default the model's context) under the plain masked-diffusion loss. A
     held-out `eval_fraction` of the trajectories reports the loss every `eval_steps`. The saved generation config
     enables parallel decoding at `threshold` with the dual cache and greedy decoding at `block_length`; everything
@@ -305,7 +307,11 @@ def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, di
     # the training side of the split `train()` made: prompts and replayed text come from it
     documents = split_documents(read_documents(recipe.data, recipe.doc_separator), recipe.heldout_fraction)[0] \
         if recipe.data else []
-    if recipe.trajectories is not None and Path(recipe.trajectories).is_file():
+    if recipe.sft:  # given answers as targets: the training side of the split `train()` made of these chats
+        chats = split_documents(read_conversations(recipe.sft), recipe.heldout_fraction)[0]
+        records = [encode_conversation(tokenizer, messages, context) for messages in chats]
+        log(f"{len(records)} chat answers as targets (from {len(recipe.sft)} file(s))")
+    elif recipe.trajectories is not None and Path(recipe.trajectories).is_file():
         records = read_trajectories(recipe.trajectories)
         log(f"read {len(records)} trajectories from {recipe.trajectories}")
     else:

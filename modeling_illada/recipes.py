@@ -193,11 +193,13 @@ class DistillRecipe(RunRecipe):
     """`illada distill`: certainty-forcing self-distillation of a model on its own greedy trajectories (dParallel's
     recipe, with text replay); see `distill.py`."""
 
-    unused: ClassVar[tuple[str, ...]] = ("sft", "packing", "random_length_prob", "eval_data", "group_by_length")
+    unused: ClassVar[tuple[str, ...]] = ("packing", "random_length_prob", "eval_data", "group_by_length")
 
     # --- the teacher and its trajectories
     model: str | None = _option(None, "the teacher (and starting student): a model folder or Hub id")
     trajectories: str | None = _option(None, "JSONL of teacher outputs: read if it exists, else generated and written")
+    sft: list[str] = _option([], "JSONL chats whose answers are the targets instead of the teacher's own outputs "
+                                 "(e.g. an autoregressive model's answers: no teacher pass)")
     num_prompts: int = _option(1024, "prompts cut from the corpus for the teacher to decode")
     prompt_tokens: list[int] = _option([1, 4], "the shortest and longest prompt, in tokens", nargs=2,
                                        metavar=("MIN", "MAX"))
@@ -222,6 +224,9 @@ class DistillRecipe(RunRecipe):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.sft and self.trajectories:
+            raise ValueError("Pass `sft` (chats whose answers are the targets) or `trajectories` (the teacher's own "
+                             "outputs), not both.")
         if self.certainty_weight < 0:
             raise ValueError(f"`certainty_weight` must be >= 0, got {self.certainty_weight!r}.")
         if self.text_weight < 0:

@@ -183,6 +183,31 @@ def test_short_distillation_raises_confidence_and_saves_the_fast_sampler(tmp_pat
     assert logged and all("cross_entropy" in entry for entry in logged)
 
 
+def test_given_chat_answers_replace_the_teacher_pass(tmp_path, teacher, corpus_path):
+    from transformers import AutoTokenizer
+
+    from modeling_illada.corpus import encode_conversation, read_conversations, split_documents
+
+    chats = tmp_path / "chats.jsonl"
+    lines = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": s}]}
+             for i, s in enumerate(sentences(30))]
+    chats.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    said = []
+    trainer = distill(tmp_path / "student", teacher, sft=[str(chats)], text_weight=0, heldout_fraction=0.2,
+                      eval_fraction=0.1, block_length=8, batch_size=4, max_steps=2, logging_steps=1, eval_steps=1000,
+                      disable_tqdm=True, log=said.append)
+    # the targets: the training side of the split train() makes, each answer after its prompt in the chat template
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    kept = split_documents(read_conversations([chats]), 0.2)[0]
+    assert 0 < len(kept) < 30 and f"{len(kept)} chat answers as targets (from 1 file(s))" in said
+    expected = [encode_conversation(tokenizer, m, 64) for m in kept]  # the teacher's context
+    used = list(trainer.train_dataset) + list(trainer.eval_dataset)
+    assert sorted(map(json.dumps, used)) == sorted(map(json.dumps, expected))
+    assert json.loads((tmp_path / "student" / "illada_train.json").read_text())["sft"] == [str(chats)]
+    with pytest.raises(ValueError, match="`sft`.*`trajectories`.*not both"):
+        distill(tmp_path / "other", teacher, sft=[str(chats)], trajectories=str(tmp_path / "t.jsonl"))
+
+
 def test_cli_reuses_trajectories_and_reports_bad_input(tmp_path, teacher, corpus_path, capsys):
     traj = tmp_path / "traj.jsonl"
     base = ["distill", "--model", str(teacher), "--trajectories", str(traj), "--num-prompts", "8",
