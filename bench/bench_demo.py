@@ -17,7 +17,7 @@ Sections:
   token (generative perplexity = exp of it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams)
   and distinct-2 (share of distinct bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
   `bench/data/questions.jsonl` (held out from training). The diffusion model decodes with its saved generation config.
-* `sampling`: plain vs each acceleration vs all combined vs the AR base, at 256 and 512 new tokens, batch 1: forward
+* `sampling` (`--student DIR` adds a distilled model's rows): plain vs each acceleration vs all combined vs the AR base, at 256 and 512 new tokens, batch 1: forward
   passes and tokens per forward, useful tokens/s (up to the first end token), speedup over plain, agreement with plain
   (share of positions equal), judge NLL of the output and rep-4. `plain` is LLaDA's sampler as this package runs it
   exactly: a full forward per step, one token per step, every block to the end.
@@ -80,6 +80,7 @@ MODES = (
                                                  eos_early_stop=True, suffix_window=32)),
 )
 MODE = {mode.id: mode for mode in MODES}
+STUDENT_MODES = ("fast_dllm", "combined")  # the rows a distilled student (`--student`) runs, beside the demo's
 
 
 # --- measures ------------------------------------------------------------------------------------------------------
@@ -261,26 +262,32 @@ def quality(model, tokenizer, base, end_ids, args, report):
           "model's (target >= 75%)", flush=True)
 
 
-def sampling(model, tokenizer, base, end_ids, args, report):
+def sampling(model, tokenizer, base, end_ids, args, report, student=None):
+    """The sampling table; with `student` (a distilled model) also its rows under `STUDENT_MODES`, beside the
+    demo's, against the demo's plain row."""
     lengths = (32, 64) if args.quick else tuple(args.lengths)
     prompts = [chat(tokenizer, p) for p in SAMPLING_PROMPTS[: args.sampling_prompts]]
     rows = []
     for n in lengths:
         count = 1 if n >= 512 and not args.quick else len(prompts)
         plain_outputs = None
-        for mode in (m for m in MODES if m.id == "plain" or m.id in getattr(args, "modes", MODE)):
+        runs = [(model, mode, mode.id, mode.label)
+                for mode in MODES if mode.id == "plain" or mode.id in getattr(args, "modes", MODE)]
+        runs += [(student, MODE[i], f"distilled_{i}", f"distilled: {MODE[i].label}")
+                 for i in STUDENT_MODES if student is not None]
+        for net, mode, row_id, label in runs:
             knobs = {**BASE_KNOBS, **mode.knobs, "steps": n, "block_length": min(BASE_KNOBS["block_length"], n)}
             outputs, seconds, forwards, committed = [], 0.0, 0, 0.0
             for prompt in prompts[:count]:
-                out, s, f, tpf = diffusion_generate(model, prompt, n, knobs, end_ids)
+                out, s, f, tpf = diffusion_generate(net, prompt, n, knobs, end_ids)
                 outputs.append((prompt, out))
                 seconds += s
                 forwards += f
                 committed += tpf * f
-            rows.append(row(mode.id, mode.label, n, outputs, seconds, forwards, committed, base, plain_outputs))
-            if mode.id == "plain":
+            rows.append(row(row_id, label, n, outputs, seconds, forwards, committed, base, plain_outputs))
+            if row_id == "plain":
                 plain_outputs = [o for _, o in outputs]
-            print(f"  {n:4d} {mode.label:18s} {rows[-1]['tokens_per_second']:7.1f} tok/s", flush=True)
+            print(f"  {n:4d} {label:18s} {rows[-1]['tokens_per_second']:7.1f} tok/s", flush=True)
         outputs, seconds = [], 0.0
         for prompt in prompts[:count]:
             out, s = ar_generate(base, prompt, n, end_ids)
@@ -359,6 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--answer-tokens", type=int, default=128)
     parser.add_argument("--question-tokens", type=int, default=64)
     parser.add_argument("--mc-num", type=int, default=32, help="Monte Carlo samples per held-out text")
+    parser.add_argument("--student", help="a distilled model folder (`illada distill`): its rows under "
+                        f"{', '.join(STUDENT_MODES)} beside the demo's, in the sampling section")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--plot", help="write tokens/s against judge perplexity here (PNG)")
@@ -375,7 +384,13 @@ def main(argv=None) -> int:
     if "quality" in args.sections:
         quality(model, tokenizer, base, end_ids, args, report)
     if "sampling" in args.sections:
-        sampling(model, tokenizer, base, end_ids, args, report)
+        student = None
+        if args.student:
+            from transformers import AutoModel
+
+            student = AutoModel.from_pretrained(args.student).eval()
+            report["student"] = args.student
+        sampling(model, tokenizer, base, end_ids, args, report, student)
         if args.plot:
             plot(report, args.plot)
     report["seconds"] = time.perf_counter() - began

@@ -68,6 +68,24 @@ def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, caps
     assert "judge ppl" in capsys.readouterr().out
 
 
+def test_a_students_rows_sit_beside_the_demos(bench, tmp_path):
+    import json
+
+    model = bench.models(True)[0]
+    model.save_pretrained(tmp_path / "student")  # the quick model itself as the "distilled" one: same tokens
+    assert bench.main(["--quick", "--sections", "sampling", "--modes", "fast_dllm", "--student",
+                       str(tmp_path / "student"), "--json", str(tmp_path / "figures.json")]) == 0
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    rows = {(r["length"], r["id"]): r for r in figures["sampling"]}
+    for n in (32, 64):
+        assert {i for length, i in rows if length == n} == {"plain", "fast_dllm", "ar"} | {
+            f"distilled_{i}" for i in bench.STUDENT_MODES}
+        # the student's Fast-dLLM row is the demo's, measured against the same plain row
+        assert rows[n, "distilled_fast_dllm"]["agreement"] == rows[n, "fast_dllm"]["agreement"]
+        assert rows[n, "distilled_fast_dllm"]["tokens"] == rows[n, "fast_dllm"]["tokens"]
+    assert figures["student"] == str(tmp_path / "student")
+
+
 def test_gpu_benchmark_runs_end_to_end_as_a_dry_run_and_refuses_a_cpu(capsys, monkeypatch):
     gpu = load_script("gpu")
     assert gpu.main(["--dry-run"]) == 0
