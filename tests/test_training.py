@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
 
 from helpers import TINY_SIZES, run_fresh, tiny_model
 from modeling_illada import IlladaForMaskedDiffusion
