@@ -17,10 +17,11 @@ Sections:
   token (generative perplexity = exp of it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams)
   and distinct-2 (share of distinct bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
   `bench/data/questions.jsonl` (held out from training). The diffusion model decodes with its saved generation config.
-* `sampling` (`--student DIR` adds a distilled model's rows): plain vs each acceleration vs all combined vs the AR base, at 256 and 512 new tokens, batch 1: forward
-  passes and tokens per forward, useful tokens/s (up to the first end token), speedup over plain, agreement with plain
-  (share of positions equal), judge NLL of the output and rep-4. `plain` is LLaDA's sampler as this package runs it
-  exactly: a full forward per step, one token per step, every block to the end.
+* `sampling` (`--student DIR` adds a distilled model's rows): plain vs each acceleration vs all combined vs the AR
+  base, at 256 and 512 new tokens, batch 1: forward passes and tokens per forward, useful tokens/s (up to the first
+  end token), speedup over plain, agreement with plain (share of positions equal), judge NLL of the output and rep-4.
+  `plain` is LLaDA's sampler as this package runs it exactly: a full forward per step, one token per step, every block
+  to the end.
 
 Ratios come from one run on one machine; wall-clock varies about +-30 % on a shared CPU, counts are exact. `--plot`
 writes tokens/s against judge perplexity (matplotlib).

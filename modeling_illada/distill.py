@@ -278,12 +278,12 @@ def distill(output_dir, recipe=None, *, overwrite: bool = False, resume=None, di
     `doc_separator` as in `training.train`), taken from the training side of the split `train()` makes with
     `eval_fraction=heldout_fraction`, so the held-out documents of the model's own training stay unseen.
     `trajectories` is a JSONL path: read if it exists, else generated and written there (never overwritten), so the
-    costly teacher pass runs once. `sft` chats replace the teacher pass: their answers (the training side of the same
-    split) are the targets, each after its prompt in the chat template. With `text_weight` > 0 every batch also replays `batch_size` sequences of that
-    training split (packed to `seq_length`, default the model's context) under the plain masked-diffusion loss. A
-    held-out `eval_fraction` of the trajectories reports the loss every `eval_steps`. The saved generation config
-    enables parallel decoding at `threshold` with the dual cache and greedy decoding at `block_length`; everything
-    else is `model`'s."""
+    costly teacher pass runs once. `sft` chats replace the teacher pass: their answers (the training side of the
+    same split) are the targets, each after its prompt in the chat template. With `text_weight` > 0 every batch also
+    replays `batch_size` sequences of that training split (packed to `seq_length`, default the model's context)
+    under the plain masked-diffusion loss. A held-out `eval_fraction` of the trajectories reports the loss every
+    `eval_steps`. The saved generation config enables parallel decoding at `threshold` with the dual cache and
+    greedy decoding at `block_length`; everything else is `model`'s."""
     from transformers import AutoTokenizer
 
     from .recipes import DistillRecipe
