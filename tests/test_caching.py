@@ -77,15 +77,16 @@ def test_live_columns_are_the_only_ones_projected(name, shift):
     model = tiny_model(tie_word_embeddings=False, shift_logits=shift)
     x, mask, positions = padded_canvas()
     columns = torch.tensor([1, 3])
+
+    def logits(start, step, live):  # a refresh (step 0), or a refresh and then a cached step on a later canvas
+        cache = CACHES[name](model)
+        out = cache.logits(x, mask, positions, start, start + 4, 0, None if step else live)
+        if step:
+            out = cache.logits(reveal_some(x, start, start + 4), mask, positions, start, start + 4, 1, live)
+        return out
+
     for start, step in ((0, 0), (6, 0), (6, 1)):
-        cache = CACHES[name](model)
-        full = cache.logits(x, mask, positions, start, start + 4, 0)
-        if step:
-            full = cache.logits(reveal_some(x, start, start + 4), mask, positions, start, start + 4, 1)
-        cache = CACHES[name](model)
-        got = cache.logits(x, mask, positions, start, start + 4, 0, None if step else columns)
-        if step:
-            got = cache.logits(reveal_some(x, start, start + 4), mask, positions, start, start + 4, 1, columns)
+        full, got = logits(start, step, None), logits(start, step, columns)
         assert got.shape == full.shape == (2, 4, 64)
         torch.testing.assert_close(got[:, columns], full[:, columns], rtol=1e-5, atol=1e-5)
         assert not got[:, [0, 2]].any()
