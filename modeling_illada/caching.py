@@ -18,6 +18,14 @@ it). It honours the `Cache.update(key, value, layer_idx)` contract the attention
 length through `get_mask_sizes`, which the model reads. Batches, left padding (the 2-D mask and `position_ids` are
 sliced like the input) and CFG's doubled batch need nothing special: every row keeps its own keys/values.
 
+Delayed refresh (generation-config knob `cache_refresh`, `prefix` and `dual`; dKV-Cache's "decode" variant): a full
+refresh only every `cache_refresh` blocks. A block that starts without one begins with a cached step whose window
+also covers the previous block (from `previous_start - shift`), whose tokens are final by then, so their keys/values
+are rewritten once from those tokens (a block's last step wrote them while its last reveal was still a mask); blocks
+further back keep keys/values computed while the canvas after them was still masked. At short blocks this replaces
+a full forward per block by a window of two blocks. A canvas of another shape (variable length, a suffix window
+still growing) always refreshes.
+
 Suffix window (generation-config knob `suffix_window`, DPad / Streaming-dLLM's suffix pruning, for every policy):
 the model sees only the first `suffix_window` masked columns after the block; the rest of the canvas is neither fed
 nor attended to until a later block reaches it. Approximate (the model sees a shorter canvas); `None` keeps LLaDA's
@@ -150,8 +158,9 @@ class NoCache:
 
 
 class PrefixCache(NoCache):
-    """Fast-dLLM PrefixCache: refresh when a block starts, then feed `[block_start, L)` and reuse the prefix
-    (from `block_start - 1` for a shifted model: that column's output predicts the block's first column)."""
+    """Fast-dLLM PrefixCache: refresh when a block starts (or every `cache_refresh` blocks: Delayed refresh), then
+    feed `[block_start, L)` and reuse the prefix (from `block_start - 1` for a shifted model: that column's output
+    predicts the block's first column)."""
 
     name = "prefix"
     exact = False
@@ -159,7 +168,10 @@ class PrefixCache(NoCache):
     def __init__(self, model, config=None, **kwargs):
         super().__init__(model, config)
         self.store = CanvasKeyValues(model.config.num_hidden_layers)
-        self._filled_for = None  # (block_start, canvas shape) of the last refresh
+        self.refresh_every = getattr(config, "cache_refresh", None) or 1  # blocks per full refresh (Delayed refresh)
+        self._filled_for = None  # canvas shape of the last refresh
+        self._block = None  # start of the block the last step denoised
+        self._blocks_since_refresh = 0
 
     def window_end(self, block_end: int, visible: int) -> int:
         """Last fed column (exclusive) of a cached step: the block and the whole visible suffix."""
@@ -168,24 +180,29 @@ class PrefixCache(NoCache):
     def logits(self, x, attention_mask, position_ids, block_start, block_end, step, columns=None):
         visible = self.visible_end(block_end, x.shape[1])
         x, attention_mask, position_ids = x[:, :visible], _cut(attention_mask, visible), position_ids[:, :visible]
-        if self._filled_for != (block_start, tuple(x.shape)):  # a new block (or a grown canvas): refresh
-            self._filled_for = (block_start, tuple(x.shape))
+        previous, new_block = self._block, block_start != self._block
+        self._block = block_start
+        self._blocks_since_refresh += new_block
+        if (self._filled_for != tuple(x.shape) or self._blocks_since_refresh >= self.refresh_every
+                or (new_block and previous > block_start)):  # a new block (or a grown canvas): refresh
+            self._filled_for, self._blocks_since_refresh = tuple(x.shape), 0
             self.refreshes += 1
             self.store.reset()
             self.store.window_start = 0
             return self._forward(x, attention_mask, position_ids, prediction_rows(block_start, block_end, self.shift),
                                  self.store, columns)
+        first = previous if new_block else block_start  # a new block re-feeds the previous one (Delayed refresh)
         end = self.window_end(block_end, visible)
-        start = block_start - self.shift  # (B', end - start): the block, led by the column predicting its first
+        start = first - self.shift  # (B', end - start): the window, led by the column predicting its first
         self.store.window_start = start
+        keep = slice(block_start - first, block_end - first)  # the outputs predicting the block's columns
         return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
-            x[:, start:end], attention_mask, position_ids[:, start:end],
-            slice(0, block_end - block_start), self.store, columns,
+            x[:, start:end], attention_mask, position_ids[:, start:end], keep, self.store, columns,
         )
 
 
 class DualCache(PrefixCache):
-    """Fast-dLLM DualCache: refresh when a block starts, then feed only the block; prefix and suffix are reused."""
+    """Fast-dLLM DualCache: refresh as `PrefixCache` does, then feed only the block; prefix and suffix are reused."""
 
     name = "dual"
 

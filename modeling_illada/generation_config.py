@@ -46,6 +46,7 @@ def generation_defaults() -> dict:
         "parallel_decoding": False,
         "cfg_scale": 0.0,
         "cache": "none",
+        "cache_refresh": 1,
         "suffix_window": None,
         # sampling of candidates
         "temperature": 0.0,
@@ -176,6 +177,10 @@ class IlladaGenerationConfig(GenerationConfig):
         cfg_scale (`float`, defaults to 0.0): classifier-free guidance scale `s`: `u + (s + 1)(c - u)`.
         cache (`str`, defaults to `"none"`): how logits are computed each step, one of `caching.CACHES`: `none`
             (exact), `prefix` or `dual` (Fast-dLLM's approximate key/value caches, refreshed once per block).
+        cache_refresh (`int`, defaults to 1): with `prefix` or `dual`, blocks per full refresh of the cache: 1 is
+            Fast-dLLM's (a full forward whenever a block starts); with `n > 1` the blocks in between start with a
+            cached step that re-feeds the previous block, whose tokens are now final (dKV-Cache's delayed caching),
+            so a full forward comes every `n` blocks. Approximate, cheaper the shorter the blocks; `none` ignores it.
         suffix_window (`int`, *optional*): the model sees only this many masked positions after the block being
             denoised (DPad / Streaming-dLLM suffix pruning; approximate, fewer positions per forward); `None`, the
             default, keeps the whole canvas as LLaDA does. Not combinable with infilling (text after the holes
@@ -238,6 +243,7 @@ class IlladaGenerationConfig(GenerationConfig):
         check_integer("block_length", self.block_length, 1)
         check_integer("top_k", self.top_k, 1)
         check_integer("suffix_window", self.suffix_window, 0)
+        check_integer("cache_refresh", self.cache_refresh, 1)
         for name, registry in (("remasking", REMASKING), ("schedule", SCHEDULES), ("cache", CACHES)):
             if getattr(self, name) not in registry:
                 raise ValueError(f"Unknown `{name}` {getattr(self, name)!r}; allowed: {sorted(registry)}.")

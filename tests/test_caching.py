@@ -10,7 +10,7 @@ import torch
 
 from helpers import CACHED, MASK, FakeDenoiser, tiny_model
 from modeling_illada import IlladaGenerationConfig
-from modeling_illada.caching import CACHES, NoCache, PrefixCache
+from modeling_illada.caching import CACHES, DualCache, NoCache, PrefixCache
 from modeling_illada.schedules import SCHEDULES
 
 
@@ -126,6 +126,25 @@ def test_cached_steps_are_exact_for_a_one_layer_model(name):
     )
 
 
+@pytest.mark.parametrize("policy", [PrefixCache, DualCache])
+def test_a_block_without_refresh_refeeds_the_previous_block(policy):
+    # cache_refresh=2: block [10, 12) refreshes, block [12, 14) starts with a window from 10 (the previous block's
+    # final tokens) and sees everything else as the refresh saw it
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, positions = padded_canvas()
+    cache = policy(model, IlladaGenerationConfig(cache="dual", cache_refresh=2))
+    cache.logits(x, mask, positions, 10, 12, 0)  # refresh
+    later = reveal_some(x, 10, 14)
+    cached = cache.logits(later, mask, positions, 12, 14, 0)
+    w_end = x.shape[1] if policy is PrefixCache else 14
+    reference = stale_reference(model, x, later, mask, positions, 10, w_end)[:, 2:4]
+    torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+    assert (cache.forward_passes, cache.refreshes) == (2, 1)
+    assert cache.positions_processed == x.numel() + x.shape[0] * (w_end - 10)
+    cache.logits(later, mask, positions, 14, 16, 0)  # the second block since the refresh: a full forward again
+    assert cache.refreshes == 2 and cache.positions_processed == 2 * x.numel() + x.shape[0] * (w_end - 10)
+
+
 # ----------------------------------------------------------------------------------------------- generate
 
 
@@ -158,6 +177,26 @@ def test_one_layer_cached_variable_length_and_infilling_are_token_identical(name
     cached = model.generate(prompt, cache=name, **knobs)
     assert torch.equal(cached.sequences, plain.sequences) and not bool((cached.sequences == MASK).any())
     assert cached.num_positions_processed < plain.num_positions_processed
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("shift", [False, True])
+def test_one_layer_delayed_refresh_is_token_identical_and_refreshes_every_n_blocks(name, shift):
+    # one layer: the previous block's re-fed keys/values are exact, so a run that refreshes every 4th block writes
+    # plain's tokens; 6 blocks -> refreshes at blocks 0 and 4
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False, shift_logits=shift)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=2, eos_early_stop=False,
+                 return_dict_in_generate=True)
+    plain = model.generate(x, **knobs)
+    every_block = model.generate(x, cache=name, **knobs)
+    delayed = model.generate(x, cache=name, cache_refresh=4, **knobs)
+    assert torch.equal(delayed.sequences, plain.sequences)
+    width = x.shape[1] + 12
+    if name == "dual":  # refreshes over the canvas, then per row: 5-column windows opening blocks, else 3 (2 + shift)
+        fed = (2 * width + 4 * (4 + shift) + 6 * (2 + shift)) * x.shape[0]
+        assert delayed.num_positions_processed == fed
+    assert delayed.num_positions_processed < every_block.num_positions_processed
 
 
 @pytest.mark.parametrize("name", CACHED)
@@ -251,6 +290,8 @@ def test_early_stop_is_exact_up_to_the_first_end_token_on_a_real_model():
         (dict(cache="kv"), "'dual', 'none', 'prefix'"),
         (dict(parallel_decoding="yes"), "parallel_decoding"),
         (dict(parallel_decoding=True, threshold=0.0), "threshold"),
+        (dict(cache="dual", cache_refresh=0), "cache_refresh"),
+        (dict(cache="dual", cache_refresh=2.5), "cache_refresh"),
     ],
 )
 def test_bad_cache_knobs_name_the_parameter(knobs, message):
