@@ -79,6 +79,9 @@ MODES = (
                                                  eos_early_stop=True)),
     Mode("combined", "all combined", False, dict(cache="dual", parallel_decoding=True, threshold=0.9,
                                                  eos_early_stop=True, suffix_window=32)),
+    Mode("short_blocks", "blocks of 2, delayed", False, dict(block_length=2, cache="dual", cache_refresh=16,
+                                                             parallel_decoding=True, threshold=0.9,
+                                                             eos_early_stop=True)),
 )
 MODE = {mode.id: mode for mode in MODES}
 STUDENT_MODES = ("fast_dllm", "combined")  # the rows a distilled student (`--student`) runs, beside the demo's
@@ -177,14 +180,15 @@ def chat(tokenizer, text: str) -> list[int]:
 # --- sections ------------------------------------------------------------------------------------------------------
 
 def heldout_texts(tokenizer, quick: bool):
-    """`[(prompt ids, text ids)]`: the demo run's held-out chats (answer given prompt) and held-out fortunes."""
+    """`[(group, prompt ids, text ids)]`: the demo run's held-out chats (answer given prompt; group "chat answers")
+    and held-out fortunes (group "fortunes")."""
     from modeling_illada.corpus import split_documents
 
-    pairs = []
     if quick:
         from tiny_bases import corpus_texts
 
-        return [([tokenizer.bos_token_id], tokenizer(t).input_ids) for t in corpus_texts(4)], "tiny corpus"
+        return [("tiny corpus", [tokenizer.bos_token_id], tokenizer(t).input_ids) for t in corpus_texts(4)]
+    texts = []
     chats_path = ROOT / "runs" / "demo-chats.jsonl"
     if chats_path.is_file():
         from modeling_illada.corpus import read_conversations
@@ -192,31 +196,40 @@ def heldout_texts(tokenizer, quick: bool):
         _, heldout = split_documents(read_conversations([chats_path]), 0.02)
         for messages in heldout:
             prompt = chat(tokenizer, messages[0]["content"])
-            pairs.append((prompt, tokenizer(messages[1]["content"], add_special_tokens=False).input_ids))
+            texts.append(("chat answers", prompt,
+                          tokenizer(messages[1]["content"], add_special_tokens=False).input_ids))
     from modeling_illada.demo import demo_corpus
 
     _, fortunes = split_documents(demo_corpus(), 0.02)
     for text in fortunes[:40]:
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if len(ids) >= 2:
-            pairs.append((ids[:1], ids[1:]))
-    return pairs, f"{len(pairs)} held-out texts ({len(pairs) - min(40, len(fortunes))} chat answers, fortunes)"
+            texts.append(("fortunes", ids[:1], ids[1:]))
+    return texts
 
 
 def quality(model, tokenizer, base, end_ids, args, report):
-    # (1) held-out ELBO vs AR NLL
-    pairs, described = heldout_texts(tokenizer, args.quick)
-    elbo_total = nll_total = tokens = 0.0
-    for i, (prompt, text) in enumerate(pairs):
+    # (1) held-out ELBO vs AR NLL, pooled and per group (the chat answers are the base's own samples: it is favoured)
+    totals = {}  # group -> [ELBO nats, AR nats, tokens, texts]
+    for i, (group, prompt, text) in enumerate(heldout_texts(tokenizer, args.quick)):
         bound = model.log_likelihood(prompt, text, mc_num=args.mc_num, seed=i).item()
-        elbo_total += -bound
-        nll_total += judge_nll(base, prompt, text) * len(text)
-        tokens += len(text)
-    elbo, nll = elbo_total / tokens, nll_total / tokens
-    report["heldout"] = {"texts": described, "tokens": int(tokens), "diffusion_elbo_nll": elbo, "ar_nll": nll,
-                         "ratio": elbo / nll}
-    print(f"held-out ({described}, {int(tokens)} tokens): diffusion ELBO bound {elbo:.3f} nats/token, AR NLL "
-          f"{nll:.3f}: ratio {elbo / nll:.3f} (target <= 1.15)", flush=True)
+        for key in (group, "all"):
+            total = totals.setdefault(key, [0.0, 0.0, 0, 0])
+            total[0] += -bound
+            total[1] += judge_nll(base, prompt, text) * len(text)
+            total[2] += len(text)
+            total[3] += 1
+    report["heldout"] = {}
+    for key, (elbo, nll, tokens, count) in sorted(totals.items(), key=lambda item: item[0] != "all"):
+        figures = {"texts": count, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens, "ar_nll": nll / tokens,
+                   "ratio": elbo / nll}
+        if key == "all":
+            report["heldout"].update(figures)
+        else:
+            report["heldout"].setdefault("groups", {})[key] = figures
+        print(f"held-out {key} ({count} texts, {tokens} tokens): diffusion ELBO bound {elbo / tokens:.3f} nats/token, "
+              f"AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}" + (" (target <= 1.15)" if key == "all" else ""),
+              flush=True)
 
     # (2) open prompts, greedy, judged by the base
     prompts = OPEN_PROMPTS[: 2 if args.quick else len(OPEN_PROMPTS)]
@@ -277,7 +290,8 @@ def sampling(model, tokenizer, base, end_ids, args, report, student=None):
         runs += [(student, MODE[i], f"distilled_{i}", f"distilled: {MODE[i].label}")
                  for i in STUDENT_MODES if student is not None]
         for net, mode, row_id, label in runs:
-            knobs = {**BASE_KNOBS, **mode.knobs, "steps": n, "block_length": min(BASE_KNOBS["block_length"], n)}
+            knobs = {**BASE_KNOBS, **mode.knobs, "steps": n}
+            knobs["block_length"] = min(knobs["block_length"], n)
             outputs, seconds, forwards, committed = [], 0.0, 0, 0.0
             for prompt in prompts[:count]:
                 out, s, f, tpf = diffusion_generate(net, prompt, n, knobs, end_ids)
