@@ -66,8 +66,8 @@ class Mode:
 # Every row decodes greedily, one token per step, no cache, whatever the model's saved config says, unless its mode
 # says otherwise: rows differ only in what their knobs name.
 BASE_KNOBS = dict(temperature=0.0, top_k=None, top_p=None, cfg_scale=0.0, remasking="low_confidence",
-                  schedule="linear", parallel_decoding=False, threshold=None, cache="none", suffix_window=None,
-                  eos_early_stop=False, block_length=32)
+                  schedule="linear", parallel_decoding=False, threshold=None, cache="none", cache_refresh=1,
+                  suffix_window=None, eos_early_stop=False, block_length=32)
 MODES = (
     Mode("plain", "plain", True),
     Mode("eos_stop", "EOS stop", True, dict(eos_early_stop=True)),
@@ -79,6 +79,7 @@ MODES = (
                                                  eos_early_stop=True)),
     Mode("combined", "all combined", False, dict(cache="dual", parallel_decoding=True, threshold=0.9,
                                                  eos_early_stop=True, suffix_window=32)),
+    Mode("delayed", "dual, refresh/16", False, dict(cache="dual", cache_refresh=16)),
     Mode("short_blocks", "blocks of 2, delayed", False, dict(block_length=2, cache="dual", cache_refresh=16,
                                                              parallel_decoding=True, threshold=0.9,
                                                              eos_early_stop=True)),
