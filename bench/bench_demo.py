@@ -214,10 +214,11 @@ def quality(model, tokenizer, base, end_ids, args, report):
     totals = {}  # group -> [ELBO nats, AR nats, tokens, texts]
     for i, (group, prompt, text) in enumerate(heldout_texts(tokenizer, args.quick)):
         bound = model.log_likelihood(prompt, text, mc_num=args.mc_num, seed=i).item()
+        nats = judge_nll(base, prompt, text) * len(text)
         for key in (group, "all"):
             total = totals.setdefault(key, [0.0, 0.0, 0, 0])
             total[0] += -bound
-            total[1] += judge_nll(base, prompt, text) * len(text)
+            total[1] += nats
             total[2] += len(text)
             total[3] += 1
     report["heldout"] = {}

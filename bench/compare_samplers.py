@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         prompt = chat(tokenizer, text) if not args.quick else tokenizer(text).input_ids
         for name, knobs in sets:
             out, seconds, _, _ = diffusion_generate(model, prompt, args.tokens, knobs, end_ids)
-            nll = judge_nll(base, prompt, out) if out else float("nan")
+            nll = judge_nll(base, prompt, out)  # NaN for an empty answer
             pooled[name].append((nll, rep_n(out), len(out), seconds))
             print(f"  {name:18s} {text[:34]:34s} judge ppl {math.exp(nll):6.2f}  rep-4 {rep_n(out):.3f}  "
                   f"{len(out) / seconds:5.2f} tok/s", flush=True)
