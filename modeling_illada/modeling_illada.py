@@ -21,7 +21,10 @@ Like Llama it goes through transformers' machinery: the attention kernel comes f
 No branch of the forward reads tensor values (the position check is skipped while tracing), so
 `torch.compile(fullgraph=True)` and `torch.export` trace it.
 
-Read bottom-up: RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
+Every projection is an `IlladaLinear`: `nn.Linear` (same parameters, same keys, what peft and quantizers wrap) with a
+faster CPU path for the few columns a cached sampler step feeds (see its docstring).
+
+Read bottom-up: linear, RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
 """
 
 
@@ -48,6 +51,40 @@ from .model_inputs import (check_input_ids, check_outputs_requested, prepare_att
                            resolve_cache)
 from .outputs import CACHE_FIELD, IlladaMaskedDiffusionOutput
 
+
+class IlladaLinear(nn.Linear):
+    """`nn.Linear` that multiplies a few rows on CPU as `(weight @ x.T).T`; the same function, a different kernel.
+
+    A cached diffusion step feeds 2-5 columns, not an autoregressive step's one, and the CPU BLAS's `x @ weight.T`
+    for so few rows takes about twice as long as for one (about three times for the LM head), while `weight @ x.T`
+    costs what one row does: measured in float32 on 2 AVX2 cores with weights too large for the caches, from 2 to 32
+    rows (beyond about 48 the default kernel is as fast or faster). So without autograd, in float32 on CPU, at most
+    `few_rows` rows take that path; everything else (training, GPU, other dtypes, a full canvas) is `F.linear`.
+    The result equals `F.linear`'s up to float rounding (summation order). That kernel's rounding also depends on the
+    weight's address modulo 16 bytes, and safetensors hands out 8-byte aligned weights, so `from_pretrained` copies
+    unaligned float32 CPU weights of these layers once (`align_weights`): a model gives the same bits however it was
+    loaded. `IlladaLinear.few_rows = 0` turns the path off.
+    """
+
+    few_rows = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows > self.few_rows or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return nn.functional.linear(x, self.weight, self.bias)
+        out = torch.mm(self.weight, x.reshape(rows, -1).contiguous().T).T.contiguous()  # (rows, out_features)
+        if self.bias is not None:
+            out = out + self.bias
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def align_weights(model: nn.Module) -> None:
+    """Copy each float32 CPU weight of an `IlladaLinear` not 64-byte aligned (a safetensors view) to fresh memory."""
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(module, IlladaLinear) and weight.device.type == "cpu" and weight.dtype == torch.float32
+                and weight.data_ptr() % 64):
+            weight.data = weight.data.clone()  # a tied weight is one Parameter: its other user follows
 
 
 class IlladaRMSNorm(nn.Module):
@@ -163,10 +200,11 @@ class IlladaAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.attention_dropout = config.attention_dropout
         self.is_causal = False  # the one switch that makes this a diffusion LM; SDPA and flash-attention read it
-        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=config.attention_bias)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=config.attention_bias)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size,
+        bias = config.attention_bias
+        self.q_proj = IlladaLinear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=bias)
+        self.k_proj = IlladaLinear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = IlladaLinear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = IlladaLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
                                 bias=getattr(config, "attention_output_bias", config.attention_bias))
 
     def forward(
@@ -209,9 +247,9 @@ class IlladaMLP(nn.Module):
 
     def __init__(self, config: IlladaConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_proj = IlladaLinear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.up_proj = IlladaLinear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = IlladaLinear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,11 +320,14 @@ class IlladaPreTrainedModel(PreTrainedModel):
         if folder is not None:
             if args:
                 raise ValueError("An adapter folder takes keyword options only (`dtype=`, `device_map=`, ...).")
-            return load_adapter_folder(cls, folder, **kwargs)
+            loaded = load_adapter_folder(cls, folder, **kwargs)
+            align_weights(loaded[0] if isinstance(loaded, tuple) else loaded)
+            return loaded
         check_model_folder(pretrained_model_name_or_path)
         wants_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         check_loaded(cls.__name__, model, info, strict=strict and pretrained_model_name_or_path is not None)
+        align_weights(model)
         return (model, info) if wants_info else model
 
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
@@ -384,7 +425,7 @@ class IlladaForMaskedDiffusion(IlladaPreTrainedModel, IlladaGenerationMixin, Ill
         super().__init__(config)
         self.model = IlladaModel(config)
         self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = IlladaLinear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):

@@ -152,3 +152,32 @@ def test_bad_inputs_name_the_problem(model):
         model(ids, attention_mask=torch.ones(2, 5))
     with pytest.raises(ValueError, match="exactly one of"):
         model()
+
+
+def test_projections_multiply_few_rows_as_weight_times_x_and_match_linear(monkeypatch):
+    from modeling_illada.modeling_illada import IlladaLinear
+
+    layer = IlladaLinear(16, 40, bias=True)
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append((tuple(a.shape), tuple(b.shape))) or real_mm(a, b))
+    x = torch.randn(1, 3, 16)
+    with torch.no_grad():
+        fast = layer(x)
+        assert calls == [((40, 16), (16, 3))]  # weight @ x.T: the few-rows path
+        expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-6)
+        assert fast.shape == (1, 3, 40) and fast.is_contiguous()
+        many = torch.randn(2, IlladaLinear.few_rows, 16)  # 2 * few_rows rows: the default kernel, bit for bit
+        assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))
+    assert torch.equal(layer(x), expected) and len(calls) == 1  # autograd on: always F.linear
+
+
+def test_loaded_weights_are_realigned_so_a_reload_gives_the_same_bits(tmp_path, model):
+    from modeling_illada.modeling_illada import IlladaLinear
+
+    model.save_pretrained(tmp_path)
+    again = type(model).from_pretrained(tmp_path)
+    assert all(m.weight.data_ptr() % 64 == 0 for m in again.modules() if isinstance(m, IlladaLinear))
+    ids = torch.randint(4, 64, (1, 6))  # 6 rows: the few-rows kernel, whose rounding depends on alignment
+    assert torch.equal(logits(again, ids), logits(model, ids))
