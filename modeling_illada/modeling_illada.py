@@ -80,10 +80,8 @@ class IlladaLinear(nn.Linear):
 
 def align_weights(model: nn.Module) -> None:
     """Copy each float32 CPU weight of an `IlladaLinear` not 64-byte aligned (a safetensors view) to fresh memory."""
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(module, IlladaLinear) and weight.device.type == "cpu" and weight.dtype == torch.float32
-                and weight.data_ptr() % 64):
+    for weight in (module.weight for module in model.modules() if isinstance(module, IlladaLinear)):
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.data_ptr() % 64:
             weight.data = weight.data.clone()  # a tied weight is one Parameter: its other user follows
 
 
@@ -205,7 +203,7 @@ class IlladaAttention(nn.Module):
         self.k_proj = IlladaLinear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
         self.v_proj = IlladaLinear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = IlladaLinear(config.num_attention_heads * self.head_dim, config.hidden_size,
-                                bias=getattr(config, "attention_output_bias", config.attention_bias))
+                                   bias=getattr(config, "attention_output_bias", bias))
 
     def forward(
         self,
