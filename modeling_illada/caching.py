@@ -20,10 +20,12 @@ sliced like the input) and CFG's doubled batch need nothing special: every row k
 
 Delayed refresh (generation-config knob `cache_refresh`, `prefix` and `dual`; dKV-Cache's "decode" variant): a full
 refresh only every `cache_refresh` blocks. A block that starts without one begins with a cached step whose window
-also covers the previous block (from `previous_start - shift`), whose tokens are final by then, so their keys/values
-are rewritten once from those tokens (a block's last step wrote them while its last reveal was still a mask); blocks
-further back keep keys/values computed while the canvas after them was still masked. At short blocks this replaces
-a full forward per block by a window of two blocks. A canvas of another shape (variable length, a suffix window
+also covers the previous block (from `previous_start`; a shifted model's column predicting the block's first is
+that block's last), whose tokens are final by then, so their keys/values are rewritten once from those tokens (a
+block's last step wrote them while its last reveal was still a mask); blocks further back keep keys/values computed
+while the canvas after them was still masked. At short blocks this replaces a full forward per block by a window of
+two blocks: at blocks of 1, a shifted model's `dual` step feeds two columns (the new token, whose output predicts
+the block, and the block's mask), no more than an autoregressive step's one costs on this package's CPU path. A canvas of another shape (variable length, a suffix window
 still growing) always refreshes.
 
 Suffix window (generation-config knob `suffix_window`, DPad / Streaming-dLLM's suffix pruning, for every policy):
@@ -193,9 +195,9 @@ class PrefixCache(NoCache):
                                  self.store, columns)
         first = previous if new_block else block_start  # a new block re-feeds the previous one (Delayed refresh)
         end = self.window_end(block_end, visible)
-        start = first - self.shift  # (B', end - start): the window, led by the column predicting its first
-        self.store.window_start = start
-        keep = slice(block_start - first, block_end - first)  # the outputs predicting the block's columns
+        start = min(first, block_start - self.shift)  # (B', end - start): the re-fed block, or the column predicting
+        self.store.window_start = start  # the block's first (a shifted model's previous block holds it already)
+        keep = slice(block_start - self.shift - start, block_end - self.shift - start)  # outputs predicting the block
         return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
             x[:, start:end], attention_mask, position_ids[:, start:end], keep, self.store, columns,
         )

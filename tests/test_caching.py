@@ -193,8 +193,9 @@ def test_one_layer_delayed_refresh_is_token_identical_and_refreshes_every_n_bloc
     delayed = model.generate(x, cache=name, cache_refresh=4, **knobs)
     assert torch.equal(delayed.sequences, plain.sequences)
     width = x.shape[1] + 12
-    if name == "dual":  # refreshes over the canvas, then per row: 5-column windows opening blocks, else 3 (2 + shift)
-        fed = (2 * width + 4 * (4 + shift) + 6 * (2 + shift)) * x.shape[0]
+    if name == "dual":  # refreshes over the canvas, then per row: 4-column windows opening blocks (the previous block
+        # holds a shifted model's predicting column), else the block and, when shifted, its left neighbour
+        fed = (2 * width + 4 * 4 + 6 * (2 + shift)) * x.shape[0]
         assert delayed.num_positions_processed == fed
     assert delayed.num_positions_processed < every_block.num_positions_processed
 
