@@ -83,8 +83,8 @@ MODES = (
     Mode("short_blocks", "blocks of 2, delayed", False, dict(block_length=2, cache="dual", cache_refresh=16,
                                                              parallel_decoding=True, threshold=0.9,
                                                              eos_early_stop=True)),
-    Mode("one_blocks", "blocks of 1, delayed", False, dict(block_length=1, cache="dual", cache_refresh=32,
-                                                           eos_early_stop=True)),  # left to right, one per step
+    Mode("one_blocks", "blocks of 1, delayed", False, dict(block_length=1, cache="dual", cache_refresh=256,
+                                                           eos_early_stop=True)),  # the demo's saved sampler
 )
 MODE = {mode.id: mode for mode in MODES}
 STUDENT_MODES = ("fast_dllm", "combined")  # the rows a distilled student (`--student`) runs, beside the demo's
