@@ -25,8 +25,8 @@ that block's last), whose tokens are final by then, so their keys/values are rew
 block's last step wrote them while its last reveal was still a mask); blocks further back keep keys/values computed
 while the canvas after them was still masked. At short blocks this replaces a full forward per block by a window of
 two blocks: at blocks of 1, a shifted model's `dual` step feeds two columns (the new token, whose output predicts
-the block, and the block's mask), no more than an autoregressive step's one costs on this package's CPU path. A canvas of another shape (variable length, a suffix window
-still growing) always refreshes.
+the block, and the block's mask), which on this package's CPU path costs about what an autoregressive step's one
+column does. A canvas of another shape (variable length, a suffix window still growing) always refreshes.
 
 Suffix window (generation-config knob `suffix_window`, DPad / Streaming-dLLM's suffix pruning, for every policy):
 the model sees only the first `suffix_window` masked columns after the block; the rest of the canvas is neither fed

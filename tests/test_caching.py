@@ -200,6 +200,19 @@ def test_one_layer_delayed_refresh_is_token_identical_and_refreshes_every_n_bloc
     assert delayed.num_positions_processed < every_block.num_positions_processed
 
 
+def test_shifted_dual_cache_at_blocks_of_one_feeds_two_columns_per_step():
+    # the saved sampler of a shifted model: one refresh, then each step feeds the token revealed last (whose output
+    # predicts the block) and the block's mask; one layer, so the tokens are plain's
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False, shift_logits=True)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=1, eos_early_stop=False,
+                 return_dict_in_generate=True)
+    plain = model.generate(x, **knobs)
+    cached = model.generate(x, cache="dual", cache_refresh=64, **knobs)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert cached.num_positions_processed == (x.shape[1] + 12 + 11 * 2) * x.shape[0]
+
+
 @pytest.mark.parametrize("name", CACHED)
 def test_cached_left_padded_cfg_batch_matches_each_prompt_alone(name):
     model = tiny_model(tie_word_embeddings=False)
