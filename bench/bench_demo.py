@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import modeling_illada  # noqa: E402,F401  (registers the Auto classes)
+from modeling_illada.demo import DEMO_DIR  # noqa: E402
 
 QUESTIONS = ROOT / "bench" / "data" / "questions.jsonl"
 OPEN_PROMPTS = (
@@ -61,6 +62,12 @@ class Mode:
     label: str
     exact: bool
     knobs: dict = field(default_factory=dict)
+
+
+def saved_sampler() -> dict:
+    """The block, cache and stop knobs of the demo's saved generation config: what its `one_blocks` row runs."""
+    saved = json.loads((DEMO_DIR / "generation_config.json").read_text())
+    return {knob: saved[knob] for knob in ("block_length", "cache", "cache_refresh", "eos_early_stop")}
 
 
 # Every row decodes greedily, one token per step, no cache, whatever the model's saved config says, unless its mode
@@ -83,8 +90,7 @@ MODES = (
     Mode("short_blocks", "blocks of 2, delayed", False, dict(block_length=2, cache="dual", cache_refresh=16,
                                                              parallel_decoding=True, threshold=0.9,
                                                              eos_early_stop=True)),
-    Mode("one_blocks", "blocks of 1, delayed", False, dict(block_length=1, cache="dual", cache_refresh=256,
-                                                           eos_early_stop=True)),  # the demo's saved sampler
+    Mode("one_blocks", "blocks of 1, delayed", False, saved_sampler()),
 )
 MODE = {mode.id: mode for mode in MODES}
 STUDENT_MODES = ("fast_dllm", "combined")  # the rows a distilled student (`--student`) runs, beside the demo's
