@@ -26,12 +26,14 @@ block's last step wrote them while its last reveal was still a mask); blocks fur
 while the canvas after them was still masked. At short blocks this replaces a full forward per block by a window of
 two blocks: at blocks of 1, a shifted model's `dual` step feeds two columns (the new token, whose output predicts
 the block, and the block's mask), which on this package's CPU path costs about what an autoregressive step's one
-column does. A canvas of another shape (variable length, a suffix window still growing) always refreshes.
+column does. A canvas of another shape (variable length) always refreshes.
 
 Suffix window (generation-config knob `suffix_window`, DPad / Streaming-dLLM's suffix pruning, for every policy):
 the model sees only the first `suffix_window` masked columns after the block; the rest of the canvas is neither fed
 nor attended to until a later block reaches it. Approximate (the model sees a shorter canvas); `None` keeps LLaDA's
-whole canvas.
+whole canvas. Under a cache the window moves without a refresh: a refresh also fills the keys/values of every column
+the window will reach before the next one (`cache_refresh - 1` blocks further), and the 2-D key mask hides the
+stored columns past the window until then.
 
 Exactness: a cached step equals `none` when nothing outside its window changed since the refresh. That holds at
 the refresh itself, and at every step of a one-layer model (its keys/values depend only on token and position);
@@ -171,7 +173,7 @@ class PrefixCache(NoCache):
         super().__init__(model, config)
         self.store = CanvasKeyValues(model.config.num_hidden_layers)
         self.refresh_every = getattr(config, "cache_refresh", None) or 1  # blocks per full refresh (Delayed refresh)
-        self._filled_for = None  # canvas shape of the last refresh
+        self._filled_for = None  # (B', L, columns stored) of the last refresh
         self._block = None  # start of the block the last step denoised
         self._blocks_since_refresh = 0
 
@@ -181,25 +183,30 @@ class PrefixCache(NoCache):
 
     def logits(self, x, attention_mask, position_ids, block_start, block_end, step, columns=None):
         visible = self.visible_end(block_end, x.shape[1])
-        x, attention_mask, position_ids = x[:, :visible], _cut(attention_mask, visible), position_ids[:, :visible]
         previous, new_block = self._block, block_start != self._block
         self._block = block_start
         self._blocks_since_refresh += new_block
-        if (self._filled_for != tuple(x.shape) or self._blocks_since_refresh >= self.refresh_every
+        if (self._filled_for is None or self._filled_for[:2] != tuple(x.shape) or visible > self._filled_for[2]
+                or self._blocks_since_refresh >= self.refresh_every
                 or (new_block and previous > block_start)):  # a new block (or a grown canvas): refresh
-            self._filled_for, self._blocks_since_refresh = tuple(x.shape), 0
+            # keys/values for every column the window reaches before the next refresh (Suffix window)
+            filled = min(x.shape[1], visible + (self.refresh_every - 1) * (block_end - block_start))
+            self._filled_for, self._blocks_since_refresh = (*x.shape, filled), 0
             self.refreshes += 1
             self.store.reset()
             self.store.window_start = 0
-            return self._forward(x, attention_mask, position_ids, prediction_rows(block_start, block_end, self.shift),
-                                 self.store, columns)
+            keys = _hide_after(attention_mask, x, visible, filled)  # (B', filled)
+            return self._forward(x[:, :filled], keys, position_ids[:, :filled],
+                                 prediction_rows(block_start, block_end, self.shift), self.store, columns)
+        filled = self._filled_for[2]
         first = previous if new_block else block_start  # a new block re-feeds the previous one (Delayed refresh)
         end = self.window_end(block_end, visible)
         start = min(first, block_start - self.shift)  # (B', end - start): the re-fed block, or the column predicting
         self.store.window_start = start  # the block's first (a shifted model's previous block holds it already)
         keep = slice(block_start - self.shift - start, block_end - self.shift - start)  # outputs predicting the block
-        return self._forward(  # the 2-D mask still spans the visible canvas: it masks the keys
-            x[:, start:end], attention_mask, position_ids[:, start:end], keep, self.store, columns,
+        return self._forward(  # the 2-D mask spans the stored columns: it masks the keys
+            x[:, start:end], _hide_after(attention_mask, x, visible, filled), position_ids[:, start:end], keep,
+            self.store, columns,
         )
 
 
@@ -214,6 +221,16 @@ class DualCache(PrefixCache):
 
 def _cut(attention_mask: torch.Tensor | None, end: int) -> torch.Tensor | None:
     return None if attention_mask is None else attention_mask[:, :end]
+
+
+def _hide_after(attention_mask: torch.Tensor | None, x: torch.Tensor, visible: int, filled: int) -> torch.Tensor | None:
+    """The 2-D key mask `(B', filled)` of a cached forward: padding as given, and the stored columns from `visible`
+    on (past the suffix window, kept for later blocks) hidden from every query."""
+    if visible >= filled:
+        return _cut(attention_mask, filled)
+    keys = torch.ones_like(x[:, :filled]) if attention_mask is None else attention_mask[:, :filled].clone()
+    keys[:, visible:] = 0
+    return keys
 
 
 CACHES = {policy.name: policy for policy in (NoCache, PrefixCache, DualCache)}

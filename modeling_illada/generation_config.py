@@ -183,8 +183,9 @@ class IlladaGenerationConfig(GenerationConfig):
             so a full forward comes every `n` blocks. Approximate, cheaper the shorter the blocks; `none` ignores it.
         suffix_window (`int`, *optional*): the model sees only this many masked positions after the block being
             denoised (DPad / Streaming-dLLM suffix pruning; approximate, fewer positions per forward); `None`, the
-            default, keeps the whole canvas as LLaDA does. Not combinable with infilling (text after the holes
-            must stay visible).
+            default, keeps the whole canvas as LLaDA does. With `cache_refresh=n` the window moves over keys/values
+            each refresh stores `n - 1` blocks ahead, so it costs no extra refresh. Not combinable with infilling
+            (text after the holes must stay visible).
         temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
         top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
         repetition_penalty (`float`, defaults to 1.0): CTRL's penalty (as transformers' `repetition_penalty`), on

@@ -351,6 +351,43 @@ def test_suffix_window_covering_the_canvas_changes_nothing(name):
     assert not bool((narrow.sequences == MASK).any())
 
 
+@pytest.mark.parametrize("name", CACHED)
+def test_refresh_under_a_suffix_window_stores_columns_ahead_and_hides_them(name):
+    # cache_refresh=4, blocks of 4, window 3: the refresh fills the window and the 3 blocks after it (12 more columns)
+    # but its logits are those of the cut canvas; a later block's step reads them without a refresh
+    model = tiny_model(tie_word_embeddings=False)
+    x, mask, positions = padded_canvas(new=24)  # (2, 30)
+    config = IlladaGenerationConfig(cache=name, suffix_window=3, cache_refresh=4)
+    cache = CACHES[name](model, config=config)
+    got = cache.logits(x, mask, positions, 6, 10, 0)
+    torch.testing.assert_close(got, NoCache(model, config=config).logits(x, mask, positions, 6, 10, 0),
+                               rtol=1e-5, atol=1e-5)
+    assert cache.positions_processed == 2 * 25 and cache.store.layers[0].keys.shape[-2] == 25
+    cache.logits(reveal_some(x, 6, 14), mask, positions, 10, 14, 0)
+    assert cache.refreshes == 1
+
+
+@pytest.mark.parametrize("name", CACHED)
+@pytest.mark.parametrize("shift", [False, True])
+def test_one_layer_suffix_window_moves_without_a_refresh_and_is_token_identical(name, shift):
+    # one layer: stored keys/values depend only on token and position, so a window moving over stored, hidden
+    # columns writes the uncached window's tokens; 6 blocks of 2, refreshed at blocks 0 and 4 (they fill 17 and 18
+    # columns), else windows opening a block (from the previous block) and later steps (from the block)
+    model = tiny_model(num_hidden_layers=1, tie_word_embeddings=False, shift_logits=shift)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=2, suffix_window=3,
+                 eos_early_stop=False, return_dict_in_generate=True)
+    plain = model.generate(x, **knobs)
+    delayed = model.generate(x, cache=name, cache_refresh=4, **knobs)
+    every_block = model.generate(x, cache=name, **knobs)
+    assert torch.equal(delayed.sequences, plain.sequences)
+    if name == "dual":  # blocks 1, 2, 3 and 5 open with 4 columns; every block has one later step
+        fed = 17 + 18 + 4 * 4 + 6 * (2 + shift)
+    else:  # prefix: the visible suffix too, which stops growing at the canvas's end
+        fed = 17 + 18 + 3 * 7 + 4 + 4 * (5 + shift) + (4 + shift) + (2 + shift)
+    assert delayed.num_positions_processed == fed * x.shape[0] < every_block.num_positions_processed
+
+
 @pytest.mark.parametrize("name", sorted(CACHES))
 def test_suffix_window_left_padded_batch_matches_each_prompt_alone(name):
     model = tiny_model(tie_word_embeddings=False)
