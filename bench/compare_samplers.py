@@ -6,8 +6,8 @@
 Each `--set NAME KNOB=VALUE ...` overrides the model's saved generation config (values read as JSON, else as
 text). Every set answers the same chat prompts (`PROMPTS`, none of them in `bench_demo.py`'s evaluation, so a choice
 made here is not tuned on the figures reported there), and each answer is judged by the AR base as in
-`bench_demo.py`: judge perplexity, rep-4 and useful tokens/s, per prompt and pooled (perplexity of the mean NLL).
-One run, one machine: compare the rows, not the absolute times.
+`bench_demo.py`: judge perplexity, rep-4, useful tokens and their rate, per prompt and pooled (perplexity of the
+mean NLL). One run, one machine: compare the rows, not the absolute times.
 """
 
 import argparse
@@ -60,12 +60,13 @@ def main(argv=None) -> int:
             nll = judge_nll(base, prompt, out)  # NaN for an empty answer
             pooled[name].append((nll, rep_n(out), len(out), seconds))
             print(f"  {name:18s} {text[:34]:34s} judge ppl {math.exp(nll):6.2f}  rep-4 {rep_n(out):.3f}  "
-                  f"{len(out) / seconds:5.2f} tok/s", flush=True)
+                  f"{len(out):4d} tokens  {len(out) / seconds:5.2f} tok/s", flush=True)
     for name, rows in pooled.items():
         judged = [r[0] for r in rows if not math.isnan(r[0])]
         ppl = math.exp(sum(judged) / len(judged)) if judged else float("nan")
         print(f"{name:18s} judge ppl {ppl:6.2f}  rep-4 {sum(r[1] for r in rows) / len(rows):.3f}  "
-              f"{sum(r[2] for r in rows) / sum(r[3] for r in rows):5.2f} tok/s", flush=True)
+              f"{sum(r[2] for r in rows):5d} tokens  {sum(r[2] for r in rows) / sum(r[3] for r in rows):5.2f} tok/s",
+              flush=True)
     return 0
 
 
