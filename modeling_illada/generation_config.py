@@ -24,6 +24,10 @@ PARALLEL_DECODING_THRESHOLD = 0.9  # Fast-dLLM's default confidence threshold, u
 
 _METADATA = ("transformers_version", "_from_model_config", "_commit_hash")
 
+# Knobs about the canvas after the prompt: a model's saved value is not applied when a call fills holes instead
+# (`generate` drops it; passed explicitly, it is an error naming it).
+CONTINUATION_ONLY = ("suffix_window", "variable_length")
+
 FLAGS = ("variable_length", "parallel_decoding", "eos_early_stop", "logits_eos_inf", "confidence_eos_eot_inf",
          "return_dict_in_generate", "output_history")
 

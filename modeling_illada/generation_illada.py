@@ -22,8 +22,8 @@ from .caching import CACHES
 from .denoising import (Denoiser, DenoisingStep, GenerationPlan, Reporter, block_inputs, fill_after_end,
                         sample_candidates, step_report)
 from .diffusion import logit_shift
-from .generation_config import (ALIASES, IlladaGenerationConfig, end_token_ids, generation_defaults, resolve_aliases,
-                                special_token_id, special_token_ids)
+from .generation_config import (ALIASES, CONTINUATION_ONLY, IlladaGenerationConfig, end_token_ids, generation_defaults,
+                                resolve_aliases, special_token_id, special_token_ids)
 from .guidance import guidance_for
 
 logger = logging.get_logger(__name__)
@@ -122,14 +122,16 @@ class IlladaGenerationMixin:
         if inputs is None:
             inputs = kwargs.pop("input_ids", None)
         config = self._run_config(generation_config, kwargs)
-        kwargs = resolve_aliases(kwargs)
+        given, kwargs = kwargs, resolve_aliases(kwargs)  # errors name the knobs as given
         mask_id, eos_ids, end_ids = self._special_ids(config, tokenizer)
 
         # 2. Plan the run and lay out the canvas
         prompt, attention = self._prompt(inputs, attention_mask)  # (B, P) each
         batch, prompt_len = prompt.shape
         holes = (prompt == mask_id) & attention.bool()  # infilling targets, (B, P)
-        plan = self._plan(config, generation_config, kwargs, attention, holes, end_ids)
+        if bool(holes.any()):
+            config = self._drop_saved_continuation_knobs(config, generation_config, kwargs)
+        plan = self._plan(config, generation_config, given, attention, holes, end_ids)
         prompt_index = torch.cat(  # conditioning positions, (B, L): what CFG hides
             [~holes, torch.zeros(batch, plan.new_tokens, dtype=torch.bool, device=prompt.device)], dim=1)
         denoiser = Denoiser(plan, config, mask_id, eos_ids, end_ids, guidance_for(config.cfg_scale, mask_id, prompt_index),
@@ -204,8 +206,8 @@ class IlladaGenerationMixin:
         if logit_shift(self.config):
             _check_shifted_prompt(attention, holes)
         try:
-            return GenerationPlan.make(config, attention.shape[1], infill, self.config.max_position_embeddings,
-                                       end_ids, set(kwargs), int(holes.any(0).nonzero()[0]) if infill else None)
+            return GenerationPlan.make(config, attention.shape[1], infill, self.config.max_position_embeddings, end_ids,
+                                       set(resolve_aliases(kwargs)), int(holes.any(0).nonzero()[0]) if infill else None)
         except ValueError as error:
             raise ValueError(self._explain(error, generation_config, kwargs)) from None
 
@@ -219,6 +221,15 @@ class IlladaGenerationMixin:
             return base.merged(**kwargs)
         except ValueError as error:
             raise ValueError(self._explain(error, generation_config, kwargs)) from None
+
+    def _drop_saved_continuation_knobs(self, config, generation_config, kwargs) -> IlladaGenerationConfig:
+        """`config` for infilling: the model's saved `CONTINUATION_ONLY` knobs (how it continues a prompt, e.g. a
+        suffix window) back at their defaults; a value the caller passed stays, and `GenerationPlan` refuses it."""
+        if generation_config is not None:
+            return config
+        defaults = generation_defaults()
+        dropped = {k: defaults[k] for k in CONTINUATION_ONLY if k not in kwargs and getattr(config, k) != defaults[k]}
+        return config.merged(**dropped) if dropped else config
 
     def _explain(self, error: ValueError, generation_config, kwargs) -> str:
         """An error's message with each knob named as the caller passed it (an alias too), and, when the offending

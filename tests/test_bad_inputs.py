@@ -164,9 +164,24 @@ def test_errors_name_the_knob_as_passed_and_where_it_came_from():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"`gen_length` \(`max_new_tokens`\)"):
         model.generate(torch.tensor([[5, 6]]), gen_length=10, block_length=4)
-    model.generation_config = IlladaGenerationConfig(max_new_tokens=8, suffix_window=4, mask_token_id=MASK)
-    with pytest.raises(ValueError, match="`suffix_window` = 4 comes from the model's saved generation config"):
-        model.generate(torch.tensor([[5, MASK, 6]]), max_new_tokens=0)  # infilling, which a suffix window cannot do
+    model.generation_config = IlladaGenerationConfig(max_new_tokens=200, mask_token_id=MASK)  # context 128
+    with pytest.raises(ValueError, match="`max_new_tokens` = 200 comes from the model's saved generation config"):
+        model.generate(torch.tensor([[5, 6]]))
+
+
+def test_a_saved_suffix_window_is_not_applied_to_infilling_and_a_passed_one_is_refused():
+    # a saved window says how the model continues a prompt; holes need the text after them visible
+    model = tiny_model()
+    holes = torch.tensor([[5, MASK, 6, MASK, 7, 8]])
+    plain = model.generate(holes, max_new_tokens=0)
+    model.generation_config = IlladaGenerationConfig(suffix_window=1, variable_length=True, mask_token_id=MASK)
+    assert torch.equal(model.generate(holes, max_new_tokens=0), plain)
+    with pytest.raises(ValueError, match="`suffix_window` hides the canvas after the block"):
+        model.generate(holes, max_new_tokens=0, suffix_window=1)
+    with pytest.raises(ValueError, match="`var` \\(`variable_length`\\) generation appends blocks"):
+        model.generate(holes, max_new_tokens=0, var=True)
+    continued = model.generate(holes[:, :2] * 0 + 5, max_new_tokens=4, variable_length=False)  # no holes: applied
+    assert continued.shape == (1, 6)
 
 
 def test_a_broken_generation_config_json_is_an_error_naming_the_file(tmp_path):
