@@ -65,9 +65,10 @@ class Mode:
 
 
 def saved_sampler() -> dict:
-    """The block, cache and stop knobs of the demo's saved generation config: what its `one_blocks` row runs."""
+    """The block, cache, window and stop knobs of the demo's saved generation config: what its `one_blocks` row
+    runs."""
     saved = json.loads((DEMO_DIR / "generation_config.json").read_text())
-    return {knob: saved[knob] for knob in ("block_length", "cache", "cache_refresh", "eos_early_stop")}
+    return {knob: saved[knob] for knob in ("block_length", "cache", "cache_refresh", "suffix_window", "eos_early_stop")}
 
 
 # Every row decodes greedily, one token per step, no cache, whatever the model's saved config says, unless its mode
