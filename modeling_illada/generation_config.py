@@ -167,7 +167,8 @@ class IlladaGenerationConfig(GenerationConfig):
             and block length where it can (`resized`).
         max_length (`int`, *optional*): prompt plus new tokens; used only when `max_new_tokens` is not given.
         variable_length (`bool`, defaults to `False`): iLLaDA's variable-length generation (`var`): append one
-            block of masks at a time, stop after a block that produced EOS or a stop string.
+            block of masks at a time, stop after a block that produced EOS or a stop string. Not with infilling
+            (as `suffix_window`).
         steps (`int`, *optional*): total denoising steps, split evenly over the blocks; defaults to
             `max_new_tokens` (one token per step).
         block_length (`int`, *optional*): semi-autoregressive block size; defaults to `max_new_tokens` (a single
@@ -189,7 +190,8 @@ class IlladaGenerationConfig(GenerationConfig):
             denoised (DPad / Streaming-dLLM suffix pruning; approximate, fewer positions per forward); `None`, the
             default, keeps the whole canvas as LLaDA does. With `cache_refresh=n` the window moves over keys/values
             each refresh stores `n - 1` blocks ahead, so it costs no extra refresh. Not combinable with infilling
-            (text after the holes must stay visible).
+            (text after the holes must stay visible): passed to a call that fills holes it is an error, and a
+            model's saved window is not applied there (`CONTINUATION_ONLY`).
         temperature (`float`, defaults to 0.0): Gumbel noise scale; 0 is greedy.
         top_k (`int`, *optional*), top_p (`float`, *optional*): candidate filtering before sampling.
         repetition_penalty (`float`, defaults to 1.0): CTRL's penalty (as transformers' `repetition_penalty`), on
