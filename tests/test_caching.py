@@ -388,6 +388,19 @@ def test_one_layer_suffix_window_moves_without_a_refresh_and_is_token_identical(
     assert delayed.num_positions_processed == fed * x.shape[0] < every_block.num_positions_processed
 
 
+def test_a_window_as_long_as_the_answer_changes_nothing_under_a_delayed_dual_cache():
+    # the demo's saved sampler (shifted, blocks of 1, dual cache filled once) with a window covering its length:
+    # the same tokens from the same work (the demo saves a window of 256 for answers of up to 256 tokens)
+    model = tiny_model(tie_word_embeddings=False, shift_logits=True)
+    x, mask, _ = padded_canvas(new=0)
+    knobs = dict(attention_mask=mask, max_new_tokens=12, steps=12, block_length=1, cache="dual", cache_refresh=64,
+                 eos_early_stop=False, return_dict_in_generate=True)
+    whole = model.generate(x, **knobs)
+    windowed = model.generate(x, suffix_window=12, **knobs)
+    assert torch.equal(windowed.sequences, whole.sequences)
+    assert windowed.num_positions_processed == whole.num_positions_processed == (x.shape[1] + 12 + 11 * 2) * 2
+
+
 @pytest.mark.parametrize("name", sorted(CACHES))
 def test_suffix_window_left_padded_batch_matches_each_prompt_alone(name):
     model = tiny_model(tie_word_embeddings=False)
