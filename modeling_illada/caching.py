@@ -225,11 +225,15 @@ def _cut(attention_mask: torch.Tensor | None, end: int) -> torch.Tensor | None:
 
 def _hide_after(attention_mask: torch.Tensor | None, x: torch.Tensor, visible: int, filled: int) -> torch.Tensor | None:
     """The 2-D key mask `(B', filled)` of a cached forward: padding as given, and the stored columns from `visible`
-    on (past the suffix window, kept for later blocks) hidden from every query."""
+    on (past the suffix window, kept for later blocks) hidden from every query. Bool, so the model does not check
+    its values again at every step."""
     if visible >= filled:
         return _cut(attention_mask, filled)
-    keys = torch.ones_like(x[:, :filled]) if attention_mask is None else attention_mask[:, :filled].clone()
-    keys[:, visible:] = 0
+    if attention_mask is None:
+        keys = torch.ones_like(x[:, :filled], dtype=torch.bool)
+    else:
+        keys = attention_mask[:, :filled].to(torch.bool, copy=True)  # never the caller's mask
+    keys[:, visible:] = False
     return keys
 
 

@@ -363,8 +363,9 @@ def test_refresh_under_a_suffix_window_stores_columns_ahead_and_hides_them(name)
     torch.testing.assert_close(got, NoCache(model, config=config).logits(x, mask, positions, 6, 10, 0),
                                rtol=1e-5, atol=1e-5)
     assert cache.positions_processed == 2 * 25 and cache.store.layers[0].keys.shape[-2] == 25
-    cache.logits(reveal_some(x, 6, 14), mask, positions, 10, 14, 0)
-    assert cache.refreshes == 1
+    given = mask.bool()
+    cache.logits(reveal_some(x, 6, 14), given, positions, 10, 14, 0)
+    assert cache.refreshes == 1 and torch.equal(given, mask.bool())  # the caller's mask is not written to
 
 
 @pytest.mark.parametrize("name", CACHED)
