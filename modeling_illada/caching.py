@@ -188,7 +188,7 @@ class PrefixCache(NoCache):
         self._blocks_since_refresh += new_block
         if (self._filled_for is None or self._filled_for[:2] != tuple(x.shape) or visible > self._filled_for[2]
                 or self._blocks_since_refresh >= self.refresh_every
-                or (new_block and previous > block_start)):  # a new block (or a grown canvas): refresh
+                or (new_block and previous > block_start)):  # due, a grown canvas, or a window past the store
             # keys/values for every column the window reaches before the next refresh (Suffix window)
             filled = min(x.shape[1], visible + (self.refresh_every - 1) * (block_end - block_start))
             self._filled_for, self._blocks_since_refresh = (*x.shape, filled), 0
