@@ -58,8 +58,12 @@ class IlladaLinear(nn.Linear):
     A cached diffusion step feeds 2-5 columns, not an autoregressive step's one, and the CPU BLAS's `x @ weight.T`
     for so few rows takes about twice as long as for one (about three times for the LM head), while `weight @ x.T`
     costs what one row does: measured in float32 on 2 AVX2 cores with weights too large for the caches, from 2 to 32
-    rows (beyond about 48 the default kernel is as fast or faster). So without autograd, in float32 on CPU, at most
-    `few_rows` rows take that path; everything else (training, GPU, other dtypes, a full canvas) is `F.linear`.
+    rows (beyond about 48 the default kernel is as fast or faster). One row goes through either product as a
+    matrix-vector kernel, which on 2 AVX-512 cores takes 2-3x as long as the matrix-matrix kernel takes for two rows
+    (the LM head of the demo: about 11 ms against 4; on AVX2 the two cost about the same), so a single row is fed
+    twice and one copy kept (a cached step at blocks of 1 keeps one output for the LM head). So without autograd, in
+    float32 on CPU, at most `few_rows` rows take that path; everything else (training, GPU, other dtypes, a full
+    canvas) is `F.linear`.
     The result equals `F.linear`'s up to float rounding (summation order). That kernel's rounding also depends on the
     weight's address modulo 16 bytes, and safetensors hands out 8-byte aligned weights, so `from_pretrained` copies
     unaligned float32 CPU weights of these layers once (`align_weights`): a model gives the same bits however it was
@@ -72,7 +76,10 @@ class IlladaLinear(nn.Linear):
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > self.few_rows or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
             return nn.functional.linear(x, self.weight, self.bias)
-        out = torch.mm(self.weight, x.reshape(rows, -1).contiguous().T).T.contiguous()  # (rows, out_features)
+        flat = x.reshape(rows, -1)  # (rows, in_features)
+        if rows == 1:  # one row would take the matrix-vector kernel; two take the matrix-matrix one
+            flat = torch.cat([flat, flat])  # (2, in_features)
+        out = torch.mm(self.weight, flat.contiguous().T).T[:rows].contiguous()  # (rows, out_features)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)

@@ -168,9 +168,14 @@ def test_projections_multiply_few_rows_as_weight_times_x_and_match_linear(monkey
         expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
         torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-6)
         assert fast.shape == (1, 3, 40) and fast.is_contiguous()
+        one = torch.randn(1, 1, 16)  # one row goes in twice, as a matrix-matrix product, and comes out once
+        single = layer(one)
+        assert calls[-1] == ((40, 16), (16, 2)) and single.shape == (1, 1, 40) and single.is_contiguous()
+        torch.testing.assert_close(single, torch.nn.functional.linear(one, layer.weight, layer.bias),
+                                   rtol=1e-5, atol=1e-6)
         many = torch.randn(2, IlladaLinear.few_rows, 16)  # 2 * few_rows rows: the default kernel, bit for bit
         assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))
-    assert torch.equal(layer(x), expected) and len(calls) == 1  # autograd on: always F.linear
+    assert torch.equal(layer(x), expected) and len(calls) == 2  # autograd on: always F.linear
 
 
 def test_loaded_weights_are_realigned_so_a_reload_gives_the_same_bits(tmp_path, model):
