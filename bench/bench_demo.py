@@ -24,10 +24,14 @@ Sections:
   to the end.
 
 Ratios come from one run on one machine; wall-clock varies about +-30 % on a shared CPU, counts are exact. `--plot`
-writes tokens/s against judge perplexity (matplotlib).
+writes tokens/s against judge perplexity (matplotlib). The machine line names the CPU's vector extension and times
+the one matrix product that differs most between the two step kinds, the LM head: one row through `F.linear` (what
+the AR step runs) against two rows through `IlladaLinear`'s few-rows path (what the demo's diffusion step runs). How
+these two compare depends on the CPU's BLAS kernels, and so does the diffusion-against-AR ratio.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -156,6 +160,26 @@ def keyword_hit(text: str, keywords: list[str]) -> bool:
 def agreement(a: list[int], b: list[int]) -> float:
     span = max(len(a), len(b))
     return sum(x == y for x, y in zip(a, b)) / span if span else 1.0
+
+
+def lm_head_rows(model, repeats: int = 20) -> dict:
+    """Seconds of the LM head's product for one row via `F.linear` and for two via `IlladaLinear` (see the module
+    docstring): `{"one_row_f_linear": s, "two_rows_illada": s, "ratio": one / two}`."""
+    head = model.get_output_embeddings()
+    weight = head.weight.detach()
+    one, two = torch.randn(1, weight.shape[1]), torch.randn(2, weight.shape[1])  # (rows, hidden)
+
+    def timed(step) -> float:
+        step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return (time.perf_counter() - start) / repeats
+
+    with torch.no_grad():
+        f_linear = timed(lambda: torch.nn.functional.linear(one, weight))
+        illada = timed(lambda: head(two))
+    return {"one_row_f_linear": f_linear, "two_rows_illada": illada, "ratio": f_linear / illada}
 
 
 # --- models --------------------------------------------------------------------------------------------------------
@@ -314,18 +338,43 @@ def sampling(model, tokenizer, base, end_ids, args, report, student=None):
             if row_id == "plain":
                 plain_outputs = [o for _, o in outputs]
             print(f"  {n:4d} {label:18s} {rows[-1]['tokens_per_second']:7.1f} tok/s", flush=True)
-        outputs, seconds = [], 0.0
-        for prompt in prompts[:count]:
-            out, s = ar_generate(base, prompt, n, end_ids)
-            outputs.append((prompt, out))
-            seconds += s
-        rows.append(row("ar", "AR base (KV cache)", n, outputs, seconds, sum(len(o) for _, o in outputs),
-                        sum(len(o) for _, o in outputs), base, plain_outputs))
+        for row_id, label, kernels in AR_ROWS:
+            outputs, seconds = [], 0.0
+            with kernels(base):
+                for prompt in prompts[:count]:
+                    out, s = ar_generate(base, prompt, n, end_ids)
+                    outputs.append((prompt, out))
+                    seconds += s
+            rows.append(row(row_id, label, n, outputs, seconds, sum(len(o) for _, o in outputs),
+                            sum(len(o) for _, o in outputs), base, plain_outputs))
+            print(f"  {n:4d} {label:18s} {rows[-1]['tokens_per_second']:7.1f} tok/s", flush=True)
     plain = {r["length"]: r for r in rows if r["id"] == "plain"}
     for r in rows:
         r["speedup"] = r["tokens_per_second"] / plain[r["length"]]["tokens_per_second"]
     report["sampling"] = rows
     print(format_sampling(rows), flush=True)
+
+
+@contextlib.contextmanager
+def illada_kernels(base):
+    """The base's `nn.Linear` layers as `IlladaLinear` while inside (same weights, the diffusion model's few-rows
+    kernel), so that the AR row can also be read with the kernels equal."""
+    from modeling_illada.modeling_illada import IlladaLinear
+
+    linears = [m for m in base.modules() if type(m) is torch.nn.Linear]
+    for module in linears:
+        module.__class__ = IlladaLinear
+    try:
+        yield
+    finally:
+        for module in linears:
+            module.__class__ = torch.nn.Linear
+
+
+# The AR rows: the issue's baseline (transformers' `generate`, its layers as shipped), then the same with the
+# diffusion model's matrix kernel (`IlladaLinear`), which tells how much of a diffusion-against-AR ratio is the kernel.
+AR_ROWS = (("ar", "AR base (KV cache)", contextlib.nullcontext),
+           ("ar_kernels", "AR base, our kernel", illada_kernels))
 
 
 def row(mode_id, label, n, outputs, seconds, forwards, committed, judge, plain_outputs) -> dict:
@@ -369,7 +418,7 @@ def plot(report, path):
     markers = "osD^vP*Xh"
     for i, rows in enumerate(sorted(points.values(), key=lambda rows: rows[0]["tokens_per_second"])):
         ax.scatter(rows[0]["tokens_per_second"], math.exp(rows[0]["judge_nll"]), marker=markers[i % len(markers)],
-                   s=40, color="#c2255c" if rows[0]["id"] == "ar" else plt.cm.viridis(i / max(len(points), 1)),
+                   s=40, color="#c2255c" if rows[0]["id"].startswith("ar") else plt.cm.viridis(i / max(len(points), 1)),
                    label=" = ".join(r["label"] for r in rows))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # labels never overlap
     ax.set_xscale("log")
@@ -404,9 +453,12 @@ def main(argv=None) -> int:
         args.answer_tokens, args.question_tokens, args.mc_num = 16, 16, 4
     began = time.perf_counter()
     model, tokenizer, base, end_ids, described = models(args.quick)
-    report = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}", "models": described}
-    print(f"{described}; {report['machine']}", flush=True)
+    report = {"machine": f"{platform.processor() or platform.machine()} "
+                         f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, "
+                         f"torch {torch.__version__}", "models": described, "lm_head": lm_head_rows(model)}
+    head = report["lm_head"]
+    print(f"{described}; {report['machine']}; LM head: 1 row via F.linear {head['one_row_f_linear'] * 1e3:.1f} ms, "
+          f"2 rows via IlladaLinear {head['two_rows_illada'] * 1e3:.1f} ms", flush=True)
     if "quality" in args.sections:
         quality(model, tokenizer, base, end_ids, args, report)
     if "sampling" in args.sections:

@@ -64,8 +64,22 @@ def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, caps
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"heldout", "open", "questions", "sampling"} <= set(figures)
     labels = {row["label"] for row in figures["sampling"]}
-    assert labels == {m.label for m in bench.MODES} | {"AR base (KV cache)"}
+    assert labels == {m.label for m in bench.MODES} | {label for _, label, _ in bench.AR_ROWS}
     assert "judge ppl" in capsys.readouterr().out
+
+
+def test_the_ar_rows_own_kernel_is_the_same_function_and_is_put_back(bench):
+    from modeling_illada.modeling_illada import IlladaLinear
+
+    base = bench.models(True)[2]
+    ids = torch.tensor([[5, 9, 2, 7]])
+    with torch.no_grad():
+        expected = base(ids).logits
+        with bench.illada_kernels(base):
+            swapped = [m for m in base.modules() if isinstance(m, IlladaLinear)]
+            assert swapped and all(type(m) is IlladaLinear for m in swapped)
+            torch.testing.assert_close(base(ids[:, :1]).logits, expected[:, :1], rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, IlladaLinear) for m in base.modules())
 
 
 def test_a_students_rows_sit_beside_the_demos(bench, tmp_path):
@@ -78,7 +92,7 @@ def test_a_students_rows_sit_beside_the_demos(bench, tmp_path):
     figures = json.loads((tmp_path / "figures.json").read_text())
     rows = {(r["length"], r["id"]): r for r in figures["sampling"]}
     for n in (32, 64):
-        assert {i for length, i in rows if length == n} == {"plain", "fast_dllm", "ar"} | {
+        assert {i for length, i in rows if length == n} == {"plain", "fast_dllm"} | {i for i, _, _ in bench.AR_ROWS} | {
             f"distilled_{i}" for i in bench.STUDENT_MODES}
         # the student's Fast-dLLM row is the demo's, measured against the same plain row
         assert rows[n, "distilled_fast_dllm"]["agreement"] == rows[n, "fast_dllm"]["agreement"]
