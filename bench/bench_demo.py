@@ -13,7 +13,7 @@ Sections:
 
 * `quality`: (1) held-out ELBO per token of the diffusion model (LLaDA's Monte Carlo bound, a lower bound on log p)
   against the base's exact NLL per token, on the same held-out texts (the demo's held-out chat answers given their
-  prompts, and held-out fortunes); (2) open prompts answered greedily by both, each answer judged by the base: NLL per
+  prompts, only where its training file `runs/demo-chats.jsonl` is on the machine, and held-out fortunes); (2) open prompts answered greedily by both, each answer judged by the base: NLL per
   token (generative perplexity = exp of it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams)
   and distinct-2 (share of distinct bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
   `bench/data/questions.jsonl` (held out from training). The diffusion model decodes with its saved generation config.
@@ -24,10 +24,12 @@ Sections:
   to the end.
 
 Ratios come from one run on one machine; wall-clock varies about +-30 % on a shared CPU, counts are exact. `--plot`
-writes tokens/s against judge perplexity (matplotlib). The machine line names the CPU's vector extension and times
+writes tokens/s against judge perplexity (matplotlib), `--replot` redraws it from a `--json` report; the report is
+written after each section. The machine line names the CPU's vector extension and times
 the one matrix product that differs most between the two step kinds, the LM head: one row through `F.linear` (what
 the AR step runs) against two rows through `IlladaLinear`'s few-rows path (what the demo's diffusion step runs). How
-these two compare depends on the CPU's BLAS kernels, and so does the diffusion-against-AR ratio.
+these two compare depends on the CPU's BLAS kernels, and so does the diffusion-against-AR ratio: the table's second
+AR row runs the base with `IlladaLinear`'s kernel, to tell how much of that ratio is the kernel.
 """
 
 import argparse
@@ -445,8 +447,19 @@ def main(argv=None) -> int:
                         f"{', '.join(STUDENT_MODES)} beside the demo's, in the sampling section")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json", help="write every figure here")
-    parser.add_argument("--plot", help="write tokens/s against judge perplexity here (PNG)")
+    parser.add_argument("--plot", help="write tokens/s against judge perplexity here (PNG; needs `.[bench]`)")
+    parser.add_argument("--replot", metavar="JSON", help="only draw `--plot` from a report written by `--json`")
     args = parser.parse_args(argv)
+    if args.replot and not args.plot:
+        parser.error("--replot needs --plot (where to write the picture)")
+    if args.plot:  # a missing plotting library is found before the run, not after it
+        try:
+            import matplotlib  # noqa: F401  (only its presence)
+        except ImportError:
+            parser.error('--plot needs matplotlib: pip install -e ".[bench]"')
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args.plot)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -459,8 +472,14 @@ def main(argv=None) -> int:
     head = report["lm_head"]
     print(f"{described}; {report['machine']}; LM head: 1 row via F.linear {head['one_row_f_linear'] * 1e3:.1f} ms, "
           f"2 rows via IlladaLinear {head['two_rows_illada'] * 1e3:.1f} ms", flush=True)
+
+    def save():  # after each section, so that a run stopped later keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
     if "quality" in args.sections:
         quality(model, tokenizer, base, end_ids, args, report)
+        save()
     if "sampling" in args.sections:
         student = None
         if args.student:
@@ -469,12 +488,11 @@ def main(argv=None) -> int:
             student = AutoModel.from_pretrained(args.student).eval()
             report["student"] = args.student
         sampling(model, tokenizer, base, end_ids, args, report, student)
-        if args.plot:
-            plot(report, args.plot)
     report["seconds"] = time.perf_counter() - began
     print(f"[{report['seconds']:.0f} s]", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    save()
+    if args.plot and "sampling" in report:
+        plot(report, args.plot)
     return 0
 
 

@@ -68,6 +68,20 @@ def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, caps
     assert "judge ppl" in capsys.readouterr().out
 
 
+def test_a_run_stopped_after_a_section_keeps_its_figures_and_replot_needs_a_target(bench, tmp_path, monkeypatch):
+    import json
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stopped in sampling")
+
+    monkeypatch.setattr(bench, "sampling", broken)
+    with pytest.raises(RuntimeError, match="stopped in sampling"):
+        bench.main(["--quick", "--json", str(tmp_path / "figures.json")])
+    assert "heldout" in json.loads((tmp_path / "figures.json").read_text())  # the quality section was saved
+    with pytest.raises(SystemExit):
+        bench.main(["--replot", str(tmp_path / "figures.json")])
+
+
 def test_the_ar_rows_own_kernel_is_the_same_function_and_is_put_back(bench):
     from modeling_illada.modeling_illada import IlladaLinear
 
