@@ -8,7 +8,7 @@ AR-to-diffusion recipes use a base's data; here the data is the base itself.
 
 * `training_prompts()`: about 500 varied prompts made from templates and topic lists written for this purpose
   (questions, explanations, tips, lists, short stories and poems, rewrites, small talk). None of them asks one of the
-  held-out questions of `bench/questions.jsonl`, which measure the demo's factual accuracy.
+  held-out questions of `bench/data/questions.jsonl`, which measure the demo's factual accuracy.
 * `answer_prompts()`: the base's answers, written as chats to a JSONL (`illada train --sft` / `illada adapt --sft`
   read it). It appends and skips prompts already answered, so an interrupted run continues where it stopped.
   Answers that were cut at the length limit, or that loop (`repetition` above `max_repetition`), are kept out.
