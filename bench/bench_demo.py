@@ -13,9 +13,10 @@ Sections:
 
 * `quality`: (1) held-out ELBO per token of the diffusion model (LLaDA's Monte Carlo bound, a lower bound on log p)
   against the base's exact NLL per token, on the same held-out texts (the demo's held-out chat answers given their
-  prompts, only where its training file `runs/demo-chats.jsonl` is on the machine, and held-out fortunes); (2) open prompts answered greedily by both, each answer judged by the base: NLL per
-  token (generative perplexity = exp of it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams)
-  and distinct-2 (share of distinct bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
+  prompts, only where its training file `runs/demo-chats.jsonl` is on the machine, and held-out fortunes); (2) open
+  prompts answered greedily by both, each answer judged by the base: NLL per token (generative perplexity = exp of
+  it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams) and distinct-2 (share of distinct
+  bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
   `bench/data/questions.jsonl` (held out from training). The diffusion model decodes with its saved generation config.
 * `sampling` (`--student DIR` adds a distilled model's rows): plain vs each acceleration vs all combined vs the AR
   base, at 256 and 512 new tokens, batch 1: forward passes and tokens per forward, useful tokens/s (up to the first
@@ -420,7 +421,8 @@ def plot(report, path):
     markers = "osD^vP*Xh"
     for i, rows in enumerate(sorted(points.values(), key=lambda rows: rows[0]["tokens_per_second"])):
         ax.scatter(rows[0]["tokens_per_second"], math.exp(rows[0]["judge_nll"]), marker=markers[i % len(markers)],
-                   s=40, color="#c2255c" if rows[0]["id"].startswith("ar") else plt.cm.viridis(i / max(len(points), 1)),
+                   s=40, color="#c2255c" if rows[0]["id"].startswith("ar")
+                   else plt.cm.viridis(i / max(len(points), 1)),
                    label=" = ".join(r["label"] for r in rows))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # labels never overlap
     ax.set_xscale("log")

@@ -106,7 +106,8 @@ def test_a_students_rows_sit_beside_the_demos(bench, tmp_path):
     figures = json.loads((tmp_path / "figures.json").read_text())
     rows = {(r["length"], r["id"]): r for r in figures["sampling"]}
     for n in (32, 64):
-        assert {i for length, i in rows if length == n} == {"plain", "fast_dllm"} | {i for i, _, _ in bench.AR_ROWS} | {
+        ar_ids = {i for i, _, _ in bench.AR_ROWS}
+        assert {i for length, i in rows if length == n} == {"plain", "fast_dllm"} | ar_ids | {
             f"distilled_{i}" for i in bench.STUDENT_MODES}
         # the student's Fast-dLLM row is the demo's, measured against the same plain row
         assert rows[n, "distilled_fast_dllm"]["agreement"] == rows[n, "fast_dllm"]["agreement"]
