@@ -252,6 +252,38 @@ def with_lora(net, recipe: AdaptRecipe):
     return get_peft_model(net, config)
 
 
+def load_initial_adapter(model, folder) -> None:
+    """Copy a saved adapter's weights (`save_adapter_folder`'s `adapter_model.safetensors`) into the fresh LoRA
+    `model`, after checking that its rank, alpha and target modules are the recipe's and that every tensor has a
+    place of the same shape: a warm start, not a resume (the optimiser and schedule start anew)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise ValueError(f"`init_adapter` {str(folder)!r} is not an adapter folder: it needs adapter_config.json and "
+                         "adapter_model.safetensors (what `--save-adapter` writes).")
+    saved = json.loads(config_file.read_text())
+    ours = model.peft_config["default"]
+    for name in ("r", "lora_alpha"):
+        if saved.get(name) != getattr(ours, name):
+            raise ValueError(f"`init_adapter` {str(folder)!r} has {name}={saved.get(name)!r}, the recipe "
+                             f"{getattr(ours, name)!r}: set `lora_r` / `lora_alpha` to the adapter's.")
+    if set(saved.get("target_modules") or ()) != set(ours.target_modules):
+        raise ValueError(f"`init_adapter` {str(folder)!r} adapts {sorted(saved.get('target_modules') or ())}, the "
+                         f"recipe {sorted(ours.target_modules)}: set `lora_targets` to the adapter's.")
+    weights = {k: v.float() for k, v in load_file(str(weights_file)).items()}
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError as error:  # load_state_dict's "size mismatch for ..."
+        raise ValueError(f"`init_adapter` {str(folder)!r} does not fit this base (was it trained on another?): "
+                         f"{str(error).splitlines()[-1].strip()}") from None
+    if result.unexpected_keys:
+        raise ValueError(f"`init_adapter` {str(folder)!r} holds tensors this model has no place for: "
+                         f"{sorted(result.unexpected_keys)[:3]}")
+
+
 # --- 4. attention annealing ---------------------------------------------------------------------------------------
 
 def annealed_mask(input_ids: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
@@ -314,6 +346,8 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     requested = recipe.mask_token
     if checkpoint is not None:  # a resumed run keeps the mask token its checkpoint was trained with
         requested = _checkpoint_mask_token(checkpoint, requested)
+    elif recipe.init_adapter:  # so does a warm start: the adapter's mask row is that token's
+        requested = _checkpoint_mask_token(recipe.init_adapter, requested)
     mask_id, is_new = choose_mask_token(tokenizer, requested, train_rows + eval_rows)
     if is_new:
         mask_id = add_mask_token(tokenizer)
@@ -325,6 +359,9 @@ def adapt(output_dir, recipe=None, *, overwrite: bool = False, resume=None, disa
     net = build_diffusion_model(base_model, tokenizer, mask_id, is_new)
     del base_model
     model = with_lora(net, recipe) if recipe.lora_r is not None else net
+    if recipe.init_adapter:
+        load_initial_adapter(model, recipe.init_adapter)
+        log(f"LoRA starts from the adapter in {recipe.init_adapter}")
 
     # 4. The forward process (position 0 never masked), optionally annealed attention, the stock Trainer
     collator = diffusion_collator(corpus, recipe, mask_id, tokenizer.eos_token_id, shift_logits=True)
@@ -385,5 +422,5 @@ def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict, dtype=torc
 
 
 __all__ = ["adapt", "load_causal_lm", "choose_mask_token", "add_mask_token", "diffusion_config",
-           "build_diffusion_model", "annealed_mask", "annealing_trainer", "save_adapter_folder", "SUPPORTED",
+           "build_diffusion_model", "load_initial_adapter", "annealed_mask", "annealing_trainer", "save_adapter_folder", "SUPPORTED",
            "GGUF_ARCHITECTURES"]

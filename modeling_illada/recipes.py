@@ -160,6 +160,8 @@ class AdaptRecipe(RunRecipe):
     lora_dropout: float = _option(0.0, "LoRA dropout")
     lora_targets: list[str] = _option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                       "modules LoRA adapts")
+    init_adapter: str | None = _option(None, "with LoRA: start from a saved adapter folder (this command's "
+                                             "--save-adapter output, e.g. the demo's) instead of a fresh LoRA")
     anneal_steps: int = _option(0, "anneal attention from causal to bidirectional over the first N steps (0: at once)")
     save_adapter: bool = _option(False, "with LoRA: save the adapter and a pointer to its base instead of merged "
                                         "weights (from_pretrained follows the pointer)")
@@ -180,6 +182,8 @@ class AdaptRecipe(RunRecipe):
             raise ValueError(f"`lora_r` must be a positive integer (unset for full fine-tuning), got {self.lora_r!r}.")
         if self.anneal_steps < 0:
             raise ValueError(f"`anneal_steps` must be >= 0, got {self.anneal_steps!r}.")
+        if self.init_adapter is not None and self.lora_r is None:
+            raise ValueError("`init_adapter` continues a LoRA adapter: set `lora_r` (its rank) too.")
         if self.save_adapter and self.lora_r is None:
             raise ValueError("`save_adapter` saves a LoRA adapter: set `lora_r` too (full fine-tuning saves weights).")
         if not 0 <= self.lora_dropout < 1:

@@ -173,6 +173,43 @@ def test_resume_of_adapt_matches_an_uninterrupted_run(tmp_path, base, corpus):
         torch.testing.assert_close(resumed.model.state_dict()[name], value)
 
 
+def test_a_warm_start_continues_a_saved_adapter(tmp_path, base, corpus):
+    """`init_adapter`: training starts from a saved adapter's LoRA weights and mask row (a fresh LoRA starts with
+    B = 0), through the CLI flag too; a mismatched or missing adapter is refused by name."""
+    from safetensors.torch import load_file
+
+    class Capture(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()
+                            if "lora_" in k or "trainable_tokens_delta" in k}
+
+    common = dict(base=str(base), data=[str(corpus)], doc_separator="%", lora_r=4, **FAST)
+    adapt(tmp_path / "first", save_adapter=True, **common)
+    saved = load_file(str(tmp_path / "first" / "adapter_model.safetensors"))
+    fresh, warm = Capture(), Capture()
+    adapt(tmp_path / "fresh", callbacks=[fresh], **common)
+    adapt(tmp_path / "warm", callbacks=[warm], init_adapter=str(tmp_path / "first"), **common)
+    assert all(not v.any() for k, v in fresh.weights.items() if "lora_B" in k)
+    warm_weights = {k.replace(".default", ""): v for k, v in warm.weights.items()}  # in memory: adapter-named
+    assert set(saved) <= set(warm_weights)  # (the tied head's copy of the mask row is not saved twice)
+    for name, value in saved.items():
+        torch.testing.assert_close(warm_weights[name], value)
+    assert any(v.any() for k, v in warm.weights.items() if "lora_B" in k)
+
+    with pytest.raises(ValueError, match="r=4, the recipe 8"):
+        adapt(tmp_path / "o1", init_adapter=str(tmp_path / "first"), **{**common, "lora_r": 8})
+    with pytest.raises(ValueError, match="not an adapter folder"):
+        adapt(tmp_path / "o2", init_adapter=str(tmp_path / "fresh"), **common)  # merged weights, no adapter
+    with pytest.raises(ValueError, match="set `lora_r`"):
+        adapt(tmp_path / "o3", init_adapter=str(tmp_path / "first"), **{**common, "lora_r": None})
+    code = main(["adapt", "--base", str(base), "--data", str(corpus), "--doc-separator", "%", "--lora-r", "4",
+                 "--init-adapter", str(tmp_path / "first"), "--seq-length", "32", "--batch-size", "4",
+                 "--max-steps", "1", "--output", str(tmp_path / "cli")])
+    assert code == 0
+    record = json.loads((tmp_path / "cli" / "illada_train.json").read_text())
+    assert record["init_adapter"] == str(tmp_path / "first")
+
+
 def test_annealed_attention_is_causal_then_opens_up():
     ids = torch.randint(5, 60, (2, 64), generator=torch.Generator().manual_seed(0))
     assert torch.equal(annealed_mask(ids, 0.0), causal(64).expand(2, 1, 64, 64))  # step 0: causal
