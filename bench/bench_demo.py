@@ -13,7 +13,8 @@ Sections:
 
 * `quality`: (1) held-out ELBO per token of the diffusion model (LLaDA's Monte Carlo bound, a lower bound on log p)
   against the base's exact NLL per token, on the same held-out texts (the demo's held-out chat answers given their
-  prompts, only where its training file `runs/demo-chats.jsonl` is on the machine, and held-out fortunes); (2) open
+  prompts, only where its training file `runs/demo-chats.jsonl` is on the machine, and held-out fortunes, each on its
+  own; then the held-out fortunes as training saw them, EOS-joined and cut into 256-token windows); (2) open
   prompts answered greedily by both, each answer judged by the base: NLL per token (generative perplexity = exp of
   it; lower = the base finds it likelier), rep-4 (share of repeated 4-grams) and distinct-2 (share of distinct
   bigrams), and tokens/s; (3) keyword accuracy on the simple factual questions of
@@ -245,6 +246,23 @@ def heldout_texts(tokenizer, quick: bool):
     return texts
 
 
+def packed_fortunes(tokenizer, quick: bool, windows: int = 8, length: int = 256) -> list[list[int]]:
+    """The first `windows` windows of the held-out fortunes laid out as `illada adapt` packs its training text
+    (each fortune followed by EOS, the stream cut every `length` tokens): the ELBO of text in the layout it was
+    trained on, beside the one-fortune-per-canvas figure (a short canvas with no EOS after it never occurs there)."""
+    from modeling_illada.corpus import pack_documents, split_documents
+
+    if quick:
+        from tiny_bases import corpus_texts
+
+        texts, windows, length = corpus_texts(8), 2, 16
+    else:
+        from modeling_illada.demo import demo_corpus
+
+        texts = split_documents(demo_corpus(), 0.02)[1]
+    return [row["input_ids"] for row in pack_documents(texts, tokenizer, length)[:windows]]
+
+
 def quality(model, tokenizer, base, end_ids, args, report):
     # (1) held-out ELBO vs AR NLL, pooled and per group (the chat answers are the base's own samples: it is favoured)
     totals = {}  # group -> [ELBO nats, AR nats, tokens, texts]
@@ -268,6 +286,16 @@ def quality(model, tokenizer, base, end_ids, args, report):
         print(f"held-out {key} ({count} texts, {tokens} tokens): diffusion ELBO bound {elbo / tokens:.3f} nats/token, "
               f"AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}" + (" (target <= 1.15)" if key == "all" else ""),
               flush=True)
+    # ... and the fortunes in the training layout (the first token of a window conditions, the rest is scored)
+    elbo = nll = tokens = 0
+    for i, ids in enumerate(packed_fortunes(tokenizer, args.quick)):
+        elbo -= model.log_likelihood(ids[:1], ids[1:], mc_num=args.mc_num, seed=i).item()
+        nll += judge_nll(base, ids[:1], ids[1:]) * (len(ids) - 1)
+        tokens += len(ids) - 1
+    report["heldout"]["packed_fortunes"] = {"windows": i + 1, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens,
+                                            "ar_nll": nll / tokens, "ratio": elbo / nll}
+    print(f"held-out fortunes packed as trained ({i + 1} windows, {tokens} tokens): diffusion ELBO bound "
+          f"{elbo / tokens:.3f} nats/token, AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}", flush=True)
 
     # (2) open prompts, greedy, judged by the base
     prompts = OPEN_PROMPTS[: 2 if args.quick else len(OPEN_PROMPTS)]

@@ -63,6 +63,8 @@ def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, caps
 
     figures = json.loads((tmp_path / "figures.json").read_text())
     assert {"heldout", "open", "questions", "sampling"} <= set(figures)
+    packed = figures["heldout"]["packed_fortunes"]  # two 16-token windows, the first token of each conditions
+    assert (packed["windows"], packed["tokens"]) == (2, 30) and packed["diffusion_elbo_nll"] > 0
     labels = {row["label"] for row in figures["sampling"]}
     assert labels == {m.label for m in bench.MODES} | {label for _, label, _ in bench.AR_ROWS}
     assert "judge ppl" in capsys.readouterr().out
