@@ -21,8 +21,8 @@ Like Llama it goes through transformers' machinery: the attention kernel comes f
 No branch of the forward reads tensor values (the position check is skipped while tracing), so
 `torch.compile(fullgraph=True)` and `torch.export` trace it.
 
-Every projection is an `IlladaLinear`: `nn.Linear` (same parameters, same keys, what peft and quantizers wrap) with a
-faster CPU path for the few columns a cached sampler step feeds (see its docstring).
+Every projection is an `IlladaLinear`: `nn.Linear` (same parameters, same keys, what peft and quantizers wrap) that
+times two CPU kernels for the few columns a cached sampler step feeds and keeps the faster (see its docstring).
 
 Read bottom-up: linear, RMSNorm, rotary embedding, attention, MLP, decoder layer, pretrained base, model, head.
 """
@@ -53,33 +53,65 @@ from .outputs import CACHE_FIELD, IlladaMaskedDiffusionOutput
 
 
 class IlladaLinear(nn.Linear):
-    """`nn.Linear` that multiplies a few rows on CPU as `(weight @ x.T).T`; the same function, a different kernel.
+    """`nn.Linear` that, on CPU, times two kernels for the few rows a cached diffusion step feeds and keeps the faster.
 
-    A cached diffusion step feeds 2-5 columns, not an autoregressive step's one, and the CPU BLAS's `x @ weight.T`
-    for so few rows takes about twice as long as for one (about three times for the LM head), while `weight @ x.T`
-    costs what one row does: measured in float32 on 2 AVX2 cores with weights too large for the caches, from 2 to 32
-    rows (beyond about 48 the default kernel is as fast or faster). One row goes through either product as a
-    matrix-vector kernel, which on 2 AVX-512 cores takes 2-3x as long as the matrix-matrix kernel takes for two rows
-    (the LM head of the demo: about 11 ms against 4; on AVX2 the two cost about the same), so a single row is fed
-    twice and one copy kept (a cached step at blocks of 1 keeps one output for the LM head). So without autograd, in
-    float32 on CPU, at most `few_rows` rows take that path; everything else (training, GPU, other dtypes, a full
-    canvas) is `F.linear`.
+    A cached step feeds 2-5 columns where an autoregressive step feeds one, and which BLAS kernel is fastest for so
+    few rows depends on the CPU. Measured in float32 on 2 cores with weights too large for the caches (the demo's LM
+    head, 49152 x 576, one row): on an AVX2 EPYC `x @ weight.T` for 2-32 rows took about twice what one row takes
+    (three times for the LM head) while `weight @ x.T` cost what one row does; on an AVX-512 EPYC one row took the
+    matrix-vector kernel, 2-3x slower than `weight @ x.T` for that row fed twice (12.6 ms against 5.6); on an
+    AVX-512 Xeon `x @ weight.T` was the fastest for 1-3 rows and `weight @ x.T` 3-4x slower (3 ms against 11). So
+    without autograd, in float32 on CPU, the first call with a given weight shape and row count (at most
+    `few_rows`) times both (best of three each, about ten products) and the choice is kept for the process
+    (`kernels`); `autotune = False` always takes `weight @ x.T` (one row fed twice); `few_rows = 0` turns the path
+    off. Training, GPU, other dtypes and a full canvas are `F.linear`.
     The result equals `F.linear`'s up to float rounding (summation order). That kernel's rounding also depends on the
     weight's address modulo 16 bytes, and safetensors hands out 8-byte aligned weights, so `from_pretrained` copies
     unaligned float32 CPU weights of these layers once (`align_weights`): a model gives the same bits however it was
-    loaded. `IlladaLinear.few_rows = 0` turns the path off.
+    loaded.
     """
 
     few_rows = 32
+    autotune = True
+    kernels: dict = {}  # (out_features, in_features, rows) -> True: `weight @ x.T` is the faster here
+
+    @staticmethod
+    def transposed(weight: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """`flat @ weight.T` computed as `(weight @ flat.T).T`; one row goes in twice (the matrix-matrix kernel)."""
+        rows = flat.shape[0]
+        if rows == 1:
+            flat = torch.cat([flat, flat])  # (2, in_features)
+        return torch.mm(weight, flat.contiguous().T).T[:rows].contiguous()  # (rows, out_features)
+
+    @classmethod
+    def transposed_is_faster(cls, weight: torch.Tensor, flat: torch.Tensor) -> bool:
+        import time
+
+        def best(product) -> float:
+            product()  # warm-up
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                product()
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        return best(lambda: cls.transposed(weight, flat)) < best(lambda: nn.functional.linear(flat, weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // max(x.shape[-1], 1)
         if rows > self.few_rows or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
             return nn.functional.linear(x, self.weight, self.bias)
         flat = x.reshape(rows, -1)  # (rows, in_features)
-        if rows == 1:  # one row would take the matrix-vector kernel; two take the matrix-matrix one
-            flat = torch.cat([flat, flat])  # (2, in_features)
-        out = torch.mm(self.weight, flat.contiguous().T).T[:rows].contiguous()  # (rows, out_features)
+        key = (self.out_features, self.in_features, rows)
+        choice = self.kernels.get(key) if self.autotune else True
+        if choice is None and torch.compiler.is_compiling():  # no timing inside a trace
+            choice = True
+        elif choice is None:
+            choice = self.kernels[key] = self.transposed_is_faster(self.weight, flat)
+        if not choice:
+            return nn.functional.linear(x, self.weight, self.bias)
+        out = self.transposed(self.weight, flat)  # (rows, out_features)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)

@@ -157,6 +157,7 @@ def test_bad_inputs_name_the_problem(model):
 def test_projections_multiply_few_rows_as_weight_times_x_and_match_linear(monkeypatch):
     from modeling_illada.modeling_illada import IlladaLinear
 
+    monkeypatch.setattr(IlladaLinear, "autotune", False)  # always the transposed product
     layer = IlladaLinear(16, 40, bias=True)
     calls = []
     real_mm = torch.mm
@@ -176,6 +177,32 @@ def test_projections_multiply_few_rows_as_weight_times_x_and_match_linear(monkey
         many = torch.randn(2, IlladaLinear.few_rows, 16)  # 2 * few_rows rows: the default kernel, bit for bit
         assert torch.equal(layer(many), torch.nn.functional.linear(many, layer.weight, layer.bias))
     assert torch.equal(layer(x), expected) and len(calls) == 2  # autograd on: always F.linear
+
+
+def test_projections_time_both_kernels_once_per_shape_and_keep_the_faster(monkeypatch):
+    """The first call with a (shape, rows) times both kernels; the choice is kept and decides every later call."""
+    from modeling_illada.modeling_illada import IlladaLinear
+
+    monkeypatch.setattr(IlladaLinear, "kernels", {})
+    timed, mm_calls = [], []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: mm_calls.append(tuple(b.shape)) or real_mm(a, b))
+    verdict = {3: False, 2: True}  # 3 rows: F.linear is faster; 2 rows: the transposed product
+    monkeypatch.setattr(IlladaLinear, "transposed_is_faster",
+                        classmethod(lambda cls, w, flat: timed.append(flat.shape[0]) or verdict[flat.shape[0]]))
+    layer, other = IlladaLinear(16, 40), IlladaLinear(16, 40)
+    x3, x2 = torch.randn(1, 3, 16), torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(layer(x3), torch.nn.functional.linear(x3, layer.weight, layer.bias)) and not mm_calls
+        torch.testing.assert_close(layer(x2), torch.nn.functional.linear(x2, layer.weight, layer.bias),
+                                   rtol=1e-5, atol=1e-6)
+        assert mm_calls == [(16, 2)]
+        other(x3), other(x2), layer(x3)  # same shapes, rows: decided already
+    assert timed == [3, 2] and IlladaLinear.kernels == {(40, 16, 3): False, (40, 16, 2): True}
+    assert mm_calls == [(16, 2), (16, 2)]
+    real = IlladaLinear.transposed_is_faster.__func__
+    monkeypatch.undo()
+    assert real(IlladaLinear, torch.randn(8, 4), torch.randn(2, 4)) in (True, False)  # the real timer runs
 
 
 def test_loaded_weights_are_realigned_so_a_reload_gives_the_same_bits(tmp_path, model):
