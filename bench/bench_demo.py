@@ -271,16 +271,21 @@ def packed_fortunes(tokenizer, quick: bool, windows: int = 8, length: int = 256)
     return [row["input_ids"] for row in pack_documents(texts, tokenizer, length)[:windows]]
 
 
+def nats(model, base, prompt: list[int], text: list[int], mc_num: int, seed: int) -> tuple[float, float]:
+    """`(diffusion ELBO bound, AR NLL)` of `text` given `prompt`, in nats summed over the text's tokens."""
+    return (-model.log_likelihood(prompt, text, mc_num=mc_num, seed=seed).item(),
+            judge_nll(base, prompt, text) * len(text))
+
+
 def quality(model, tokenizer, base, end_ids, args, report):
     # (1) held-out ELBO vs AR NLL, pooled and per group (the chat answers are the base's own samples: it is favoured)
     totals = {}  # group -> [ELBO nats, AR nats, tokens, texts]
     for i, (group, prompt, text) in enumerate(heldout_texts(tokenizer, args.quick)):
-        bound = model.log_likelihood(prompt, text, mc_num=args.mc_num, seed=i).item()
-        nats = judge_nll(base, prompt, text) * len(text)
+        elbo, nll = nats(model, base, prompt, text, args.mc_num, i)
         for key in (group, "all"):
             total = totals.setdefault(key, [0.0, 0.0, 0, 0])
-            total[0] += -bound
-            total[1] += nats
+            total[0] += elbo
+            total[1] += nll
             total[2] += len(text)
             total[3] += 1
     report["heldout"] = {}
@@ -297,9 +302,8 @@ def quality(model, tokenizer, base, end_ids, args, report):
     # ... and the fortunes in the training layout (the first token of a window conditions, the rest is scored)
     elbo = nll = tokens = 0
     for i, ids in enumerate(packed_fortunes(tokenizer, args.quick)):
-        elbo -= model.log_likelihood(ids[:1], ids[1:], mc_num=args.mc_num, seed=i).item()
-        nll += judge_nll(base, ids[:1], ids[1:]) * (len(ids) - 1)
-        tokens += len(ids) - 1
+        window_elbo, window_nll = nats(model, base, ids[:1], ids[1:], args.mc_num, i)
+        elbo, nll, tokens = elbo + window_elbo, nll + window_nll, tokens + len(ids) - 1
     report["heldout"]["packed_fortunes"] = {"windows": i + 1, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens,
                                             "ar_nll": nll / tokens, "ratio": elbo / nll}
     print(f"held-out fortunes packed as trained ({i + 1} windows, {tokens} tokens): diffusion ELBO bound "

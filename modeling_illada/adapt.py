@@ -422,5 +422,5 @@ def save_adapter_folder(peft_model, tokenizer, folder, pointer: dict, dtype=torc
 
 
 __all__ = ["adapt", "load_causal_lm", "choose_mask_token", "add_mask_token", "diffusion_config",
-           "build_diffusion_model", "load_initial_adapter", "annealed_mask", "annealing_trainer", "save_adapter_folder", "SUPPORTED",
-           "GGUF_ARCHITECTURES"]
+           "build_diffusion_model", "load_initial_adapter", "annealed_mask", "annealing_trainer", "save_adapter_folder",
+           "SUPPORTED", "GGUF_ARCHITECTURES"]
