@@ -1,7 +1,7 @@
-"""Log-likelihood of an answer given a prompt under a masked diffusion LM: LLaDA's Monte Carlo bound and iLLaDA's
-confidence scorer.
+"""Log-likelihood of an answer given a prompt under a masked diffusion LM: LLaDA's Monte Carlo bound, iLLaDA's
+confidence scorer and the exact left-to-right score.
 
-A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two estimators are used upstream:
+A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two estimators are used upstream, and this package adds a third:
 
 * `monte_carlo` (LLaDA's `get_log_likelihood`): a Monte Carlo estimate of the ELBO, a lower bound on
   log p(answer | prompt). Each sample masks exactly `l` of the `L` answer tokens (the prompt is never masked), sums
@@ -11,7 +11,13 @@ A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two
   answer has a single possible mask, so it is scored exactly in one forward whatever `mc_num` is.
 * `confidence` (iLLaDA's `llh='confidence'`): deterministic. Start with every answer position masked; at each step
   take the cross-entropy of the true token at every still-masked position, add the smallest to the total and reveal
-  the true token there. The score is minus the total: one forward per answer token, no `L / l` weight.
+  the true token there. The score is minus the total: one forward per answer token, no `L / l` weight. The order
+  is chosen with the true tokens, so this is a score for ranking answers, not a log-probability.
+* `left_to_right` (this package's): the same loop revealing the answer in reading order, whatever the model
+  predicts. That is the exact log-probability of the answer under the sampler that decodes one token per step left
+  to right with the rest masked (`block_length=1`, temperature 1, no cache, no logits shaping): a normalised
+  distribution over answers of each length, whose scores sum to 1 over every answer of a length (not a bound). For a
+  model adapted from an autoregressive one it is the order that model knows best.
 
 `elbo` applies the Monte Carlo bound to whole texts (lm-eval's `loglikelihood_rolling`); texts longer than the
 context are scored in windows, each conditioned on the tokens before it.
@@ -119,6 +125,32 @@ def confidence_log_likelihood(
         mask_token_id, bos_token_id, eos_token_id: override the ids from the generation config / model config.
         max_length: the context limit; defaults to `config.max_position_embeddings`.
     """
+    return _one_at_a_time(model, prompts, answers, "confidence", cfg_scale, add_bos_token, padd_eos, mask_token_id,
+                          bos_token_id, eos_token_id, max_length)
+
+
+def left_to_right_log_likelihood(
+    model,
+    prompts,
+    answers,
+    *,
+    cfg_scale: float = 0.0,
+    add_bos_token: bool = False,
+    padd_eos: bool = False,
+    mask_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+) -> torch.Tensor:
+    """Exact log p(answer | prompt) of each pair under left-to-right decoding, one token per step with the rest of
+    the answer masked, as a `(N,)` float64 tensor: sum over k of log p(answer[k] | prompt, answer[:k], masks after).
+    One forward per answer token. The arguments are `confidence_log_likelihood`'s."""
+    return _one_at_a_time(model, prompts, answers, "left_to_right", cfg_scale, add_bos_token, padd_eos, mask_token_id,
+                          bos_token_id, eos_token_id, max_length)
+
+
+def _one_at_a_time(model, prompts, answers, order: str, cfg_scale, add_bos_token, padd_eos, mask_token_id,
+                   bos_token_id, eos_token_id, max_length) -> torch.Tensor:
     _check_cfg(cfg_scale)
     mask_id = required_id(model, "mask_token_id", mask_token_id, "Scoring")
     batches = score_layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token, padd_eos=padd_eos,
@@ -126,12 +158,16 @@ def confidence_log_likelihood(
     result = torch.zeros(sum(len(group) for group, _ in batches), dtype=torch.float64, device=model_device(model))
     for group, layout in batches:
         rows = torch.arange(len(group), device=layout.tokens.device)
-        result[torch.tensor(group, device=result.device)] = _confidence(model, layout, rows, cfg_scale, mask_id)
+        result[torch.tensor(group, device=result.device)] = _reveal_one_at_a_time(model, layout, rows, cfg_scale,
+                                                                                  mask_id, order)
     return result
 
 
 @torch.no_grad()
-def _confidence(model, layout: AnswerLayout, rows: torch.Tensor, cfg_scale: float, mask_id: int) -> torch.Tensor:
+def _reveal_one_at_a_time(model, layout: AnswerLayout, rows: torch.Tensor, cfg_scale: float, mask_id: int,
+                          order: str) -> torch.Tensor:
+    """Minus the summed cross-entropy of the true tokens, each taken at the step that reveals it: the most
+    confident masked column (`confidence`) or the first masked one (`left_to_right`) per forward."""
     answer_cols = slice(layout.start, layout.start + layout.width)
     x = layout.tokens[rows].clone()  # (n, T)
     still_masked = layout.answer_mask[rows].clone()  # (n, W)
@@ -143,7 +179,10 @@ def _confidence(model, layout: AnswerLayout, rows: torch.Tensor, cfg_scale: floa
             return -total
         log_probs = layout.answer_log_probs(model, x[active], rows[active], cfg_scale, mask_id)  # (a, W)
         ce = (-log_probs).masked_fill(~still_masked[active], torch.inf)
-        best = ce.argmin(-1)  # (a,): the most confident position, measured against the true token
+        if order == "confidence":
+            best = ce.argmin(-1)  # (a,): the most confident position, measured against the true token
+        else:  # left_to_right: the first answer column still masked
+            best = still_masked[active].int().argmax(-1)  # (a,)
         total[active] += ce.gather(1, best[:, None]).squeeze(1).double()
         x[active, layout.start + best] = layout.answer[rows[active], best]
         still_masked[active, best] = False
@@ -202,7 +241,7 @@ def _monte_carlo(model, layout: AnswerLayout, generators: list, mc_num: int, mc_
 
     exact = (layout.lengths == 1).nonzero().squeeze(-1)  # one-token answers: one mask, one forward
     if exact.numel():
-        result[exact] = _confidence(model, layout, exact, cfg_scale, mask_id)
+        result[exact] = _reveal_one_at_a_time(model, layout, exact, cfg_scale, mask_id, "left_to_right")
     sampled = (layout.lengths > 1).nonzero().squeeze(-1)
     if sampled.numel() == 0:
         return result
@@ -229,13 +268,14 @@ def _monte_carlo(model, layout: AnswerLayout, generators: list, mc_num: int, mc_
     return result
 
 
-SCORERS = {"mc": monte_carlo_log_likelihood, "confidence": confidence_log_likelihood}
+SCORERS = {"mc": monte_carlo_log_likelihood, "confidence": confidence_log_likelihood,
+           "left_to_right": left_to_right_log_likelihood}
 
 
 def log_likelihood(model, prompts, answers, scorer: str = "mc", **kwargs) -> torch.Tensor:
-    """log p(answer | prompt) for each pair with the named scorer: `"mc"` (LLaDA's Monte Carlo lower bound, the
-    default) or `"confidence"` (iLLaDA's deterministic scorer). Returns a `(N,)` float64 tensor; see the scorers
-    for their keyword arguments."""
+    """log p(answer | prompt) for each pair with the named scorer (`SCORERS`): `"mc"` (LLaDA's Monte Carlo lower
+    bound, the default), `"confidence"` (iLLaDA's deterministic scorer) or `"left_to_right"` (exact under left-to-right
+    decoding). Returns a `(N,)` float64 tensor; see the scorers for their keyword arguments."""
     if scorer not in SCORERS:
         raise ValueError(f"Unknown `scorer` {scorer!r}; allowed: {sorted(SCORERS)}.")
     function = SCORERS[scorer]
@@ -324,8 +364,8 @@ class IlladaLikelihoodMixin:
 
     def log_likelihood(self, prompts, answers, scorer: str = "mc", **kwargs) -> torch.Tensor:
         """log p(answer | prompt) per pair: `scorer="mc"` (LLaDA's Monte Carlo lower bound; `mc_num`,
-        `mc_batch_size`, `cfg_scale`, `generator`/`seed`, ...) or `"confidence"` (iLLaDA's deterministic scorer).
-        See `likelihood.monte_carlo_log_likelihood` and `likelihood.confidence_log_likelihood`."""
+        `mc_batch_size`, `cfg_scale`, `generator`/`seed`, ...), `"confidence"` (iLLaDA's deterministic scorer) or
+        `"left_to_right"` (exact under left-to-right decoding). See `likelihood.log_likelihood`."""
         return log_likelihood(self, prompts, answers, scorer=scorer, **kwargs)
 
     def elbo(self, texts, **kwargs) -> torch.Tensor:
@@ -339,6 +379,7 @@ __all__ = [
     "log_likelihood",
     "monte_carlo_log_likelihood",
     "confidence_log_likelihood",
+    "left_to_right_log_likelihood",
     "elbo",
     "stratified_masks",
     "IlladaLikelihoodMixin",

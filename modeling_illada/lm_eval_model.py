@@ -3,7 +3,8 @@
 Differs from lm-eval's `hf` model, which assumes a causal LM:
 
 * `loglikelihood` uses `likelihood.py`: LLaDA's Monte Carlo lower bound (`scorer=mc`, `mc_num`, `mc_batch_size`,
-  `cfg_scale`) or iLLaDA's deterministic confidence scorer (`scorer=confidence`), with iLLaDA's `padd_eos` and
+  `cfg_scale`), iLLaDA's deterministic confidence scorer (`scorer=confidence`) or the exact score of left-to-right
+  decoding (`scorer=left_to_right`, for models adapted from causal LMs), with iLLaDA's `padd_eos` and
   `add_bos_token` options. `is_greedy` is computed only with `check_greedy=True` (LLaDA's suffix check: reveal the
   answer one most-confident token at a time and compare); otherwise it is False, as in LLaDA's harness.
 * `loglikelihood_rolling` returns the Monte Carlo ELBO of the whole text: a lower bound on log p(text), not the
@@ -69,7 +70,8 @@ class EvalSettings:
     """Every setting of the `illada` lm-eval model that changes a score, recorded in the results.
 
     Args:
-        scorer: `"mc"` (LLaDA's Monte Carlo bound) or `"confidence"` (iLLaDA's scorer) for `loglikelihood`.
+        scorer: one of `likelihood.SCORERS` for `loglikelihood`: `"mc"` (LLaDA's Monte Carlo bound), `"confidence"`
+            (iLLaDA's scorer) or `"left_to_right"` (exact under left-to-right decoding).
         mc_num: Monte Carlo samples per request (`mc` scorer and `loglikelihood_rolling`).
         mc_batch_size: samples per stratified mini-batch (upstream's `batch_size`); defaults to `min(32, mc_num)`.
         cfg_scale: classifier-free guidance scale, for scoring and generation.

@@ -1,4 +1,5 @@
-"""Likelihood scoring: LLaDA's Monte Carlo bound and iLLaDA's confidence scorer (`modeling_illada/likelihood.py`).
+"""Likelihood scoring: LLaDA's Monte Carlo bound, iLLaDA's confidence scorer and the left-to-right chain rule
+(`modeling_illada/likelihood.py`).
 
 Exactness is checked on a denoiser whose predictions ignore the context (`FakeDenoiser.random`: fixed random logits
 per position, counted over real tokens): there the true log-likelihood is the sum of per-position log-probs, the
@@ -15,6 +16,7 @@ from modeling_illada import likelihood
 from modeling_illada.likelihood import (
     confidence_log_likelihood,
     elbo,
+    left_to_right_log_likelihood,
     log_likelihood,
     monte_carlo_log_likelihood,
     stratified_masks,
@@ -31,14 +33,15 @@ def exact(model, prompt, answer) -> float:
 PAIRS = ([[5, 6, 7], [8], [9, 10, 11, 12, 13]], [[20, 21, 22, 23], [24], [26, 27, 28]])  # a one-token answer among them
 
 
-def test_confidence_scorer_is_exact_for_a_context_free_denoiser():
+@pytest.mark.parametrize("scorer", [confidence_log_likelihood, left_to_right_log_likelihood])
+def test_one_token_per_forward_scorers_are_exact_for_a_context_free_denoiser(scorer):
     model = FakeDenoiser.random()
     prompts, answers = PAIRS
-    got = confidence_log_likelihood(model, prompts, answers)
+    got = scorer(model, prompts, answers)
     want = torch.tensor([exact(model, p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     # BOS shifts the answer by one position; the appended EOS is never scored
-    got = confidence_log_likelihood(model, prompts, answers, add_bos_token=True, padd_eos=True)
+    got = scorer(model, prompts, answers, add_bos_token=True, padd_eos=True)
     want = torch.tensor([exact(model, [0] + p, a) for p, a in zip(prompts, answers)], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
@@ -181,6 +184,55 @@ def test_confidence_scorer_takes_one_forward_per_answer_token():
     assert len(model.calls) == 4
 
 
+def reference_left_to_right(model, prompt, answer, cfg_scale=0.0):
+    """The chain rule of left-to-right decoding written out for one pair: token k is scored with the prompt and
+    answer[:k] given and the rest masked, read from output k (output k - 1 for a shifted model)."""
+    mask_id, shift = model.config.mask_token_id, int(model.config.shift_logits)
+    total = 0.0
+    for k, token in enumerate(answer):
+        x = torch.tensor([prompt + answer[:k] + [mask_id] * (len(answer) - k)])
+        with torch.no_grad():
+            logits = model(x).logits.float()
+            if cfg_scale:
+                uncond = x.clone()
+                uncond[0, : len(prompt)] = mask_id
+                u = model(uncond).logits.float()
+                logits = u + (cfg_scale + 1) * (logits - u)
+        total += float(logits[0, len(prompt) + k - shift].log_softmax(-1)[token])
+    return total
+
+
+@pytest.mark.parametrize("shift_logits, cfg_scale", [(False, 0.0), (True, 0.0), (False, 1.5)])
+def test_left_to_right_scorer_is_the_chain_rule_of_reading_order(shift_logits, cfg_scale):
+    model = tiny_model(shift_logits=shift_logits)
+    prompts, answers = PAIRS
+    got = left_to_right_log_likelihood(model, prompts, answers, cfg_scale=cfg_scale)
+    want = torch.tensor([reference_left_to_right(model, p, a, cfg_scale) for p, a in zip(prompts, answers)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    # a different order, so a different score on a model whose predictions depend on the context (one-token
+    # answers aside, where every order is the same)
+    other = confidence_log_likelihood(model, prompts, answers, cfg_scale=cfg_scale)
+    assert got[1] == pytest.approx(float(other[1]), abs=1e-5)
+    assert not torch.allclose(got[[0, 2]], other[[0, 2]], atol=1e-4)
+
+
+def test_left_to_right_scores_are_a_distribution_over_answers():
+    # Every two-token answer of a vocabulary whose mask token the head never predicts: the probabilities sum to 1
+    # (the Monte Carlo bound sums to less, the confidence score to more).
+    model = tiny_model()
+    mask_id, vocab = model.config.mask_token_id, model.config.vocab_size
+
+    def never_the_mask(module, args, output):
+        output.logits[..., mask_id] = -torch.inf
+
+    model.register_forward_hook(never_the_mask)
+    answers = [[a, b] for a in range(vocab) for b in range(vocab) if mask_id not in (a, b)]
+    total = left_to_right_log_likelihood(model, [5, 6], answers).exp().sum().item()
+    assert total == pytest.approx(1.0, abs=1e-6)
+    assert confidence_log_likelihood(model, [5, 6], answers).exp().sum().item() > 1.0 + 1e-3
+
+
 def test_classifier_free_guidance_changes_the_score_as_the_formula_says():
     model = tiny_model()
     prompt, answer, scale = [5, 6, 7], [41], 0.7
@@ -221,6 +273,8 @@ def test_model_methods_are_the_functions():
                                monte_carlo_log_likelihood(model, prompts, answers, mc_num=8, seed=0), rtol=0, atol=0)
     torch.testing.assert_close(model.log_likelihood(prompts, answers, scorer="confidence"),
                                confidence_log_likelihood(model, prompts, answers), rtol=0, atol=0)
+    torch.testing.assert_close(model.log_likelihood(prompts, answers, scorer="left_to_right"),
+                               left_to_right_log_likelihood(model, prompts, answers), rtol=0, atol=0)
     torch.testing.assert_close(model.elbo([[5, 6, 7]], mc_num=4, seed=0), elbo(model, [[5, 6, 7]], mc_num=4, seed=0))
 
 
@@ -251,7 +305,7 @@ def test_ids_come_from_the_model_configs():
         (lambda m: log_likelihood(m, [5] * 120, [6] * 7, scorer="confidence", padd_eos=True, add_bos_token=True),
          "exceeds the context"),
         (lambda m: log_likelihood(m, [5], [6], scorer="exact"),
-         r"Unknown `scorer` 'exact'; allowed: \['confidence', 'mc'\]"),
+         r"Unknown `scorer` 'exact'; allowed: \['confidence', 'left_to_right', 'mc'\]"),
         (lambda m: log_likelihood(m, [5], [6, 7], mc_num=100, mc_batch_size=32),
          r"`mc_num` \(100\) must be a multiple of `mc_batch_size` \(32\)"),
         (lambda m: log_likelihood(m, [5], [6, 7], mc_num=0), "`mc_num` must be a positive integer"),

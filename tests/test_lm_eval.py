@@ -22,7 +22,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 import illada_cli as cli  # noqa: E402
-from modeling_illada.likelihood import confidence_log_likelihood, monte_carlo_log_likelihood  # noqa: E402
+from modeling_illada.likelihood import SCORERS, monte_carlo_log_likelihood  # noqa: E402
 from modeling_illada.lm_eval_model import IlladaEvalHarness  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,16 +97,17 @@ def test_scores_reproduce_with_a_seed_and_follow_the_settings():
     assert scores(scorer="confidence", batch_size=24) == scores(scorer="confidence", seed=2, batch_size=24)
 
 
-def test_loglikelihood_is_the_library_scorer_on_the_same_tokens():
+@pytest.mark.parametrize("scorer", ["confidence", "left_to_right"])
+def test_loglikelihood_is_the_library_scorer_on_the_same_tokens(scorer):
     model, tokenizer = tiny_model(), tiny_tokenizer()
-    lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, scorer="confidence", add_bos_token=True, padd_eos=True)
+    lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, scorer=scorer, add_bos_token=True, padd_eos=True)
     requests = [Instance("loglikelihood", {}, ("the sky is", " blue"), 0),
                 Instance("loglikelihood", {}, ("the sky is", " green white"), 1),
                 Instance("loglikelihood", {}, ("", "snow"), 2)]
     got = [score for score, _ in lm.loglikelihood(requests)]
     ids = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-    want = confidence_log_likelihood(model, [ids("the sky is"), ids("the sky is"), []],
-                                     [ids("blue"), ids("green white"), ids("snow")], add_bos_token=True, padd_eos=True)
+    want = SCORERS[scorer](model, [ids("the sky is"), ids("the sky is"), []],
+                           [ids("blue"), ids("green white"), ids("snow")], add_bos_token=True, padd_eos=True)
     assert got == pytest.approx(want.tolist(), abs=1e-6)
     lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, mc_num=4, seed=3)
     one_token = lm.loglikelihood([requests[0]])[0][0]  # one token: exact whatever the seed
@@ -221,7 +222,7 @@ def test_python_dash_m_runs_lm_evals_own_cli(model_dir, tmp_path):
 @pytest.mark.parametrize(
     "settings, match",
     [
-        (dict(scorer="likelihood"), r"Unknown `scorer` 'likelihood'; allowed: \['confidence', 'mc'\]"),
+        (dict(scorer="likelihood"), r"Unknown `scorer` 'likelihood'; allowed: \['confidence', 'left_to_right', 'mc'\]"),
         (dict(mc_num=100, mc_batch_size=32), r"`mc_num` \(100\) must be a multiple of `mc_batch_size` \(32\)"),
         (dict(num_beams=4), r"Unknown `illada` model arguments \['num_beams'\]"),
         (dict(output_history=True), r"Unknown `illada` model arguments \['output_history'\]"),
