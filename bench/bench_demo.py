@@ -11,8 +11,10 @@ it is also the judge. Every prompt goes through the chat template, as the Space 
 
 Sections:
 
-* `quality`: (1) held-out ELBO per token of the diffusion model (LLaDA's Monte Carlo bound, a lower bound on log p)
-  against the base's exact NLL per token, on the same held-out texts (the demo's held-out chat answers given their
+* `quality` (`heldout`: its first part only): (1) held-out ELBO per token of the diffusion model (LLaDA's Monte
+  Carlo bound, a lower bound on log p) and its exact NLL per token under left-to-right decoding (one token per step,
+  the rest masked: the distribution of its blocks-of-1 sampler at temperature 1) against the base's exact NLL per
+  token, on the same held-out texts (the demo's held-out chat answers given their
   prompts, from `bench/data/demo-chats.jsonl`, the chats of its last training stage, and held-out fortunes, each on its
   own; then the held-out fortunes as training saw them, EOS-joined and cut into 256-token windows); (2) open
   prompts answered greedily by both, each answer judged by the base: NLL per token (generative perplexity = exp of
@@ -271,45 +273,52 @@ def packed_fortunes(tokenizer, quick: bool, windows: int = 8, length: int = 256)
     return [row["input_ids"] for row in pack_documents(texts, tokenizer, length)[:windows]]
 
 
-def nats(model, base, prompt: list[int], text: list[int], mc_num: int, seed: int) -> tuple[float, float]:
-    """`(diffusion ELBO bound, AR NLL)` of `text` given `prompt`, in nats summed over the text's tokens."""
+def nats(model, base, prompt: list[int], text: list[int], mc_num: int, seed: int,
+         left_to_right: bool = False) -> tuple[float, float, float | None]:
+    """`(diffusion ELBO bound, AR NLL, diffusion left-to-right NLL or None)` of `text` given `prompt`, in nats summed
+    over the text's tokens. The left-to-right NLL is exact for the sampler that reveals one token per step in reading
+    order (`scorer="left_to_right"`); it costs a forward per token."""
     return (-model.log_likelihood(prompt, text, mc_num=mc_num, seed=seed).item(),
-            judge_nll(base, prompt, text) * len(text))
+            judge_nll(base, prompt, text) * len(text),
+            -model.log_likelihood(prompt, text, scorer="left_to_right").item() if left_to_right else None)
 
 
-def quality(model, tokenizer, base, end_ids, args, report):
-    # (1) held-out ELBO vs AR NLL, pooled and per group (the chat answers are the base's own samples: it is favoured)
-    totals = {}  # group -> [ELBO nats, AR nats, tokens, texts]
+def heldout(model, tokenizer, base, args, report):
+    """(1) held-out ELBO (and left-to-right NLL) vs AR NLL, pooled and per group (the chat answers are the base's own
+    samples: it is favoured), then the fortunes packed as trained."""
+    totals = {}  # group -> [ELBO nats, AR nats, left-to-right nats, tokens, texts]
     for i, (group, prompt, text) in enumerate(heldout_texts(tokenizer, args.quick)):
-        elbo, nll = nats(model, base, prompt, text, args.mc_num, i)
+        figures = nats(model, base, prompt, text, args.mc_num, i, left_to_right=True)
         for key in (group, "all"):
-            total = totals.setdefault(key, [0.0, 0.0, 0, 0])
-            total[0] += elbo
-            total[1] += nll
-            total[2] += len(text)
-            total[3] += 1
+            total = totals.setdefault(key, [0.0, 0.0, 0.0, 0, 0])
+            for j, value in enumerate(figures + (len(text), 1)):
+                total[j] += value
     report["heldout"] = {}
-    for key, (elbo, nll, tokens, count) in sorted(totals.items(), key=lambda item: item[0] != "all"):
+    for key, (elbo, nll, ordered, tokens, count) in sorted(totals.items(), key=lambda item: item[0] != "all"):
         figures = {"texts": count, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens, "ar_nll": nll / tokens,
-                   "ratio": elbo / nll}
+                   "ratio": elbo / nll, "diffusion_left_to_right_nll": ordered / tokens, "left_to_right_ratio": ordered / nll}
         if key == "all":
             report["heldout"].update(figures)
         else:
             report["heldout"].setdefault("groups", {})[key] = figures
         print(f"held-out {key} ({count} texts, {tokens} tokens): diffusion ELBO bound {elbo / tokens:.3f} nats/token, "
-              f"AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}" + (" (target <= 1.15)" if key == "all" else ""),
-              flush=True)
-    # ... and the fortunes in the training layout (the first token of a window conditions, the rest is scored)
+              f"AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}" + (" (target <= 1.15)" if key == "all" else "")
+              + f"; diffusion left-to-right NLL {ordered / tokens:.3f}: ratio {ordered / nll:.3f}", flush=True)
+    # ... and the fortunes in the training layout (the first token of a window conditions, the rest is scored; no
+    # left-to-right figure: a forward per token over a 256-token window is too slow here)
     elbo = nll = tokens = 0
     for i, ids in enumerate(packed_fortunes(tokenizer, args.quick)):
-        window_elbo, window_nll = nats(model, base, ids[:1], ids[1:], args.mc_num, i)
+        window_elbo, window_nll, _ = nats(model, base, ids[:1], ids[1:], args.mc_num, i)
         elbo, nll, tokens = elbo + window_elbo, nll + window_nll, tokens + len(ids) - 1
     report["heldout"]["packed_fortunes"] = {"windows": i + 1, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens,
                                             "ar_nll": nll / tokens, "ratio": elbo / nll}
     print(f"held-out fortunes packed as trained ({i + 1} windows, {tokens} tokens): diffusion ELBO bound "
           f"{elbo / tokens:.3f} nats/token, AR NLL {nll / tokens:.3f}: ratio {elbo / nll:.3f}", flush=True)
 
-    # (2) open prompts, greedy, judged by the base
+
+
+def answers(model, tokenizer, base, end_ids, args, report):
+    """(2) open prompts answered greedily by both, judged by the base; (3) the factual questions."""
     prompts = OPEN_PROMPTS[: 2 if args.quick else len(OPEN_PROMPTS)]
     rows = {"diffusion": [], "ar": []}
     for text in prompts:
@@ -477,7 +486,8 @@ def plot(report, path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny random models: a smoke run of the same code")
-    parser.add_argument("--sections", nargs="+", default=["quality", "sampling"], choices=["quality", "sampling"])
+    parser.add_argument("--sections", nargs="+", default=["quality", "sampling"], choices=["quality", "heldout", "sampling"],
+                        help="quality: held-out likelihoods, open prompts and questions; heldout: the first of those only")
     parser.add_argument("--lengths", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--modes", nargs="+", default=[mode.id for mode in MODES], choices=[mode.id for mode in MODES],
                         help="sampling rows to run (plain always runs: the others are measured against it)")
@@ -520,8 +530,11 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
+    if "quality" in args.sections or "heldout" in args.sections:
+        heldout(model, tokenizer, base, args, report)
+        save()
     if "quality" in args.sections:
-        quality(model, tokenizer, base, end_ids, args, report)
+        answers(model, tokenizer, base, end_ids, args, report)
         save()
     if "sampling" in args.sections:
         student = None

@@ -68,6 +68,23 @@ def test_the_demo_benchmark_runs_end_to_end_on_tiny_models(bench, tmp_path, caps
     labels = {row["label"] for row in figures["sampling"]}
     assert labels == {m.label for m in bench.MODES} | {label for _, label, _ in bench.AR_ROWS}
     assert "judge ppl" in capsys.readouterr().out
+    # the exact left-to-right NLL beside the ELBO, per token
+    pooled = figures["heldout"]
+    assert pooled["diffusion_left_to_right_nll"] > 0
+    assert pooled["left_to_right_ratio"] == pytest.approx(pooled["diffusion_left_to_right_nll"] / pooled["ar_nll"])
+
+
+def test_the_heldout_section_alone_scores_every_text_by_both_orders(bench, tmp_path, monkeypatch):
+    import json
+
+    calls = []
+    real = bench.nats
+    monkeypatch.setattr(bench, "nats", lambda *a, **k: calls.append(k.get("left_to_right", False)) or real(*a, **k))
+    assert bench.main(["--quick", "--sections", "heldout", "--json", str(tmp_path / "figures.json")]) == 0
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert set(figures) == {"machine", "models", "lm_head", "heldout", "seconds"}  # no answers, no sampling
+    texts, windows = figures["heldout"]["texts"], figures["heldout"]["packed_fortunes"]["windows"]
+    assert calls == [True] * texts + [False] * windows
 
 
 def test_a_run_stopped_after_a_section_keeps_its_figures_and_replot_needs_a_target(bench, tmp_path, monkeypatch):
