@@ -6,8 +6,8 @@
 Each `--set NAME KNOB=VALUE ...` overrides the model's saved generation config (values read as JSON, else as
 text). Every set answers the same chat prompts (`PROMPTS`, none of them in `bench_demo.py`'s evaluation, so a choice
 made here is not tuned on the figures reported there), and each answer is judged by the AR base as in
-`bench_demo.py`: judge perplexity, rep-4, useful tokens and their rate, per prompt and pooled (perplexity of the
-mean NLL). One run, one machine: compare the rows, not the absolute times.
+`bench_demo.py`: judge perplexity, rep-4, useful tokens, their rate and tokens per forward, per prompt and pooled
+(perplexity of the mean NLL). One run, one machine: compare the rows, not the absolute times.
 """
 
 import argparse
@@ -52,21 +52,21 @@ def main(argv=None) -> int:
     model, tokenizer, base, end_ids, described = models(args.quick)
     prompts = PROMPTS[:2] if args.quick else PROMPTS
     print(f"{described}; {len(prompts)} prompts, {args.tokens} new tokens", flush=True)
-    pooled = {name: [] for name, _ in sets}  # name -> [(judge NLL, rep-4, tokens, seconds)]
+    pooled = {name: [] for name, _ in sets}  # name -> [(judge NLL, rep-4, tokens, seconds, forwards)]
     for text in prompts:
         prompt = chat(tokenizer, text) if not args.quick else tokenizer(text).input_ids
         for name, knobs in sets:
-            out, seconds, _, _ = diffusion_generate(model, prompt, args.tokens, knobs, end_ids)
+            out, seconds, forwards, per_forward = diffusion_generate(model, prompt, args.tokens, knobs, end_ids)
             nll = judge_nll(base, prompt, out)  # NaN for an empty answer
-            pooled[name].append((nll, rep_n(out), len(out), seconds))
+            pooled[name].append((nll, rep_n(out), len(out), seconds, forwards))
             print(f"  {name:18s} {text[:34]:34s} judge ppl {math.exp(nll):6.2f}  rep-4 {rep_n(out):.3f}  "
-                  f"{len(out):4d} tokens  {len(out) / seconds:5.2f} tok/s", flush=True)
+                  f"{len(out):4d} tokens  {len(out) / seconds:5.2f} tok/s  {per_forward:.2f} tokens/forward", flush=True)
     for name, rows in pooled.items():
         judged = [r[0] for r in rows if not math.isnan(r[0])]
         ppl = math.exp(sum(judged) / len(judged)) if judged else float("nan")
         print(f"{name:18s} judge ppl {ppl:6.2f}  rep-4 {sum(r[1] for r in rows) / len(rows):.3f}  "
-              f"{sum(r[2] for r in rows):5d} tokens  {sum(r[2] for r in rows) / sum(r[3] for r in rows):5.2f} tok/s",
-              flush=True)
+              f"{sum(r[2] for r in rows):5d} tokens  {sum(r[2] for r in rows) / sum(r[3] for r in rows):5.2f} tok/s  "
+              f"{sum(r[2] for r in rows) / max(sum(r[4] for r in rows), 1):.2f} useful tokens/forward", flush=True)
     return 0
 
 

@@ -143,3 +143,22 @@ def test_gpu_benchmark_runs_end_to_end_as_a_dry_run_and_refuses_a_cpu(capsys, mo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu.main([]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+def test_compare_samplers_runs_its_sets_side_by_side_on_tiny_models(capsys):
+    compare = load_script("compare_samplers")
+    assert compare.parse_set(["fast", "cache=dual", "threshold=0.5", "remasking=margin"]) == (
+        "fast", {"cache": "dual", "threshold": 0.5, "remasking": "margin"})
+    with pytest.raises(SystemExit, match="expected KNOB=VALUE"):
+        compare.parse_set(["fast", "dual"])
+    assert compare.main(["--quick", "--tokens", "8", "--set", "one", "block_length=1", "steps=8",
+                         "--set", "parallel", "block_length=4", "steps=8", "threshold=1e-6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pooled = [line for line in lines if line.startswith(("one ", "parallel "))]
+    assert len(pooled) == 2 and all("useful tokens/forward" in line for line in pooled)
+    per_prompt = {}  # set -> tokens per forward of each prompt's run
+    for line in lines:
+        if line.startswith("  ") and line.endswith(" tokens/forward"):
+            per_prompt.setdefault(line.split()[0], []).append(float(line.split()[-2]))
+    assert per_prompt["one"] == [1.0, 1.0]
+    assert per_prompt["parallel"] == [4.0, 4.0]  # a threshold every candidate passes: a whole block per forward
