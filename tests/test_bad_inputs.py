@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import MASK, FakeDenoiser, tiny_config, tiny_model
-from modeling_illada.likelihood import confidence_log_likelihood, elbo, monte_carlo_log_likelihood
+from modeling_illada.likelihood import SCORERS, confidence_log_likelihood, elbo, monte_carlo_log_likelihood
 
 
 # --- likelihood: what fits each alone is scored, whatever shares its batch ------------------------------------------
@@ -26,7 +26,7 @@ def one_generator_per_pair(model, prompts, answers):
     return monte_carlo_log_likelihood(model, prompts, answers, mc_num=4, generator=generators)
 
 
-@pytest.mark.parametrize("scorer", [confidence_log_likelihood, one_generator_per_pair])
+@pytest.mark.parametrize("scorer", [confidence_log_likelihood, SCORERS["left_to_right"], one_generator_per_pair])
 def test_pairs_that_fit_alone_but_not_together_are_scored_as_alone(short_context, scorer):
     g = torch.Generator().manual_seed(1)
     long_prompt, short_answer = torch.randint(4, 64, (20,), generator=g).tolist(), [5, 6]
@@ -48,15 +48,16 @@ def test_pairs_that_fit_alone_but_not_together_are_scored_as_alone(short_context
 ])
 def test_likelihood_refuses_what_it_would_score_wrongly(prompts, answers, message):
     model = tiny_model()
-    for scorer in (confidence_log_likelihood, monte_carlo_log_likelihood):
+    for scorer in SCORERS.values():
         with pytest.raises(ValueError, match=message):
             scorer(model, prompts, answers)
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), -0.5, True])
 def test_cfg_scale_must_be_a_finite_non_negative_number(scale):
-    with pytest.raises(ValueError, match="cfg_scale"):
-        confidence_log_likelihood(tiny_model(), [1, 2], [4, 5], cfg_scale=scale)
+    for scorer in SCORERS.values():
+        with pytest.raises(ValueError, match="cfg_scale"):
+            scorer(tiny_model(), [1, 2], [4, 5], cfg_scale=scale)
 
 
 # --- the training command line: one-line errors naming the option, nothing raw --------------------------------------
