@@ -101,20 +101,7 @@ def stratified_masks(length: int, rounds: int, mc_batch_size: int, generator=Non
 
 # --- scorers ------------------------------------------------------------------------------------------------------
 
-def confidence_log_likelihood(
-    model,
-    prompts,
-    answers,
-    *,
-    cfg_scale: float = 0.0,
-    add_bos_token: bool = False,
-    padd_eos: bool = False,
-    mask_token_id: int | None = None,
-    bos_token_id: int | None = None,
-    eos_token_id: int | None = None,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """iLLaDA's deterministic confidence score of each answer given its prompt, as a `(N,)` float64 tensor.
+ONE_AT_A_TIME_ARGS = """
 
     Args:
         model: a masked diffusion LM returning `.logits` (any model of this package).
@@ -125,42 +112,50 @@ def confidence_log_likelihood(
         mask_token_id, bos_token_id, eos_token_id: override the ids from the generation config / model config.
         max_length: the context limit; defaults to `config.max_position_embeddings`.
     """
-    return _one_at_a_time(model, prompts, answers, "confidence", cfg_scale, add_bos_token, padd_eos, mask_token_id,
-                          bos_token_id, eos_token_id, max_length)
 
 
-def left_to_right_log_likelihood(
-    model,
-    prompts,
-    answers,
-    *,
-    cfg_scale: float = 0.0,
-    add_bos_token: bool = False,
-    padd_eos: bool = False,
-    mask_token_id: int | None = None,
-    bos_token_id: int | None = None,
-    eos_token_id: int | None = None,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """Exact log p(answer | prompt) of each pair under left-to-right decoding, one token per step with the rest of
-    the answer masked, as a `(N,)` float64 tensor: sum over k of log p(answer[k] | prompt, answer[:k], masks after).
-    One forward per answer token. The arguments are `confidence_log_likelihood`'s."""
-    return _one_at_a_time(model, prompts, answers, "left_to_right", cfg_scale, add_bos_token, padd_eos, mask_token_id,
-                          bos_token_id, eos_token_id, max_length)
+def _one_at_a_time_scorer(order: str, name: str, summary: str):
+    """The public scorer that reveals one answer token per forward, choosing the column by `order`
+    (`_reveal_one_at_a_time`); every order takes the same arguments."""
+
+    def scorer(
+        model,
+        prompts,
+        answers,
+        *,
+        cfg_scale: float = 0.0,
+        add_bos_token: bool = False,
+        padd_eos: bool = False,
+        mask_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        max_length: int | None = None,
+    ) -> torch.Tensor:
+        _check_cfg(cfg_scale)
+        mask_id = required_id(model, "mask_token_id", mask_token_id, "Scoring")
+        batches = score_layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token,
+                                padd_eos=padd_eos, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                                max_length=max_length)
+        result = torch.zeros(sum(len(group) for group, _ in batches), dtype=torch.float64, device=model_device(model))
+        for group, layout in batches:
+            rows = torch.arange(len(group), device=layout.tokens.device)
+            result[torch.tensor(group, device=result.device)] = _reveal_one_at_a_time(model, layout, rows, cfg_scale,
+                                                                                      mask_id, order)
+        return result
+
+    scorer.__name__ = scorer.__qualname__ = name
+    scorer.__doc__ = summary + ONE_AT_A_TIME_ARGS
+    return scorer
 
 
-def _one_at_a_time(model, prompts, answers, order: str, cfg_scale, add_bos_token, padd_eos, mask_token_id,
-                   bos_token_id, eos_token_id, max_length) -> torch.Tensor:
-    _check_cfg(cfg_scale)
-    mask_id = required_id(model, "mask_token_id", mask_token_id, "Scoring")
-    batches = score_layouts(model, prompts, answers, mask_id=mask_id, add_bos_token=add_bos_token, padd_eos=padd_eos,
-                       bos_token_id=bos_token_id, eos_token_id=eos_token_id, max_length=max_length)
-    result = torch.zeros(sum(len(group) for group, _ in batches), dtype=torch.float64, device=model_device(model))
-    for group, layout in batches:
-        rows = torch.arange(len(group), device=layout.tokens.device)
-        result[torch.tensor(group, device=result.device)] = _reveal_one_at_a_time(model, layout, rows, cfg_scale,
-                                                                                  mask_id, order)
-    return result
+confidence_log_likelihood = _one_at_a_time_scorer(
+    "confidence", "confidence_log_likelihood",
+    "iLLaDA's deterministic confidence score of each answer given its prompt, as a `(N,)` float64 tensor.")
+left_to_right_log_likelihood = _one_at_a_time_scorer(
+    "left_to_right", "left_to_right_log_likelihood",
+    "Exact log p(answer | prompt) of each pair under left-to-right decoding, one token per step with the rest of\n"
+    "    the answer masked, as a `(N,)` float64 tensor: sum over k of log p(answer[k] | prompt, answer[:k], masks\n"
+    "    after). One forward per answer token.")
 
 
 @torch.no_grad()

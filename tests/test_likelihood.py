@@ -142,6 +142,18 @@ def test_one_token_answer_is_exact_in_one_forward():
     assert monte_carlo_log_likelihood(real, [5, 6, 7], [40], mc_num=128, seed=1).item() == pytest.approx(want, abs=1e-5)
 
 
+@torch.no_grad()
+def guided_logits(model, x, prompt_length: int, cfg_scale: float) -> torch.Tensor:
+    """Float logits of canvas `x`, with LLaDA's CFG (the prompt masked in the unconditional pass) when `cfg_scale`."""
+    logits = model(x).logits.float()
+    if cfg_scale:
+        uncond = x.clone()
+        uncond[0, :prompt_length] = model.config.mask_token_id
+        u = model(uncond).logits.float()
+        logits = u + (cfg_scale + 1) * (logits - u)
+    return logits
+
+
 def reference_confidence(model, prompt, answer, cfg_scale=0.0):
     """iLLaDA's confidence scorer written out for one pair, the way the upstream harness loops."""
     mask_id = model.config.mask_token_id
@@ -150,13 +162,7 @@ def reference_confidence(model, prompt, answer, cfg_scale=0.0):
     x[0, len(prompt):] = mask_id
     total = 0.0
     for _ in answer:
-        with torch.no_grad():
-            logits = model(x).logits.float()
-            if cfg_scale:
-                uncond = x.clone()
-                uncond[0, : len(prompt)] = mask_id
-                u = model(uncond).logits.float()
-                logits = u + (cfg_scale + 1) * (logits - u)
+        logits = guided_logits(model, x, len(prompt), cfg_scale)
         masked = (x[0] == mask_id).nonzero().squeeze(-1)
         ce = F.cross_entropy(logits[0, masked], seq[0, masked], reduction="none")
         best = int(ce.argmin())
@@ -191,13 +197,7 @@ def reference_left_to_right(model, prompt, answer, cfg_scale=0.0):
     total = 0.0
     for k, token in enumerate(answer):
         x = torch.tensor([prompt + answer[:k] + [mask_id] * (len(answer) - k)])
-        with torch.no_grad():
-            logits = model(x).logits.float()
-            if cfg_scale:
-                uncond = x.clone()
-                uncond[0, : len(prompt)] = mask_id
-                u = model(uncond).logits.float()
-                logits = u + (cfg_scale + 1) * (logits - u)
+        logits = guided_logits(model, x, len(prompt), cfg_scale)
         total += float(logits[0, len(prompt) + k - shift].log_softmax(-1)[token])
     return total
 
