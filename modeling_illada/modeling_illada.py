@@ -99,18 +99,23 @@ class IlladaLinear(nn.Linear):
         return best(lambda: cls.transposed(weight, flat)) < best(lambda: nn.functional.linear(flat, weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // max(x.shape[-1], 1)
-        if rows > self.few_rows or x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+        # cheapest tests first: this runs once per projection per step, where Python time is a visible share
+        if torch.is_grad_enabled() or x.dtype != torch.float32 or x.device.type != "cpu":
             return nn.functional.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, -1)  # (rows, in_features)
+        rows = x.numel() // max(x.shape[-1], 1)
+        if rows > self.few_rows:
+            return nn.functional.linear(x, self.weight, self.bias)
         key = (self.out_features, self.in_features, rows)
         choice = self.kernels.get(key) if self.autotune else True
+        if choice is False:
+            return nn.functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(rows, -1)  # (rows, in_features)
         if choice is None and torch.compiler.is_compiling():  # no timing inside a trace
             choice = True
         elif choice is None:
             choice = self.kernels[key] = self.transposed_is_faster(self.weight, flat)
-        if not choice:
-            return nn.functional.linear(x, self.weight, self.bias)
+            if not choice:
+                return nn.functional.linear(x, self.weight, self.bias)
         out = self.transposed(self.weight, flat)  # (rows, out_features)
         if self.bias is not None:
             out = out + self.bias
