@@ -19,8 +19,9 @@ A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two
   distribution over answers of each length, whose scores sum to 1 over every answer of a length (not a bound). For a
   model adapted from an autoregressive one it is the order that model knows best.
 
-`elbo` applies the Monte Carlo bound to whole texts (lm-eval's `loglikelihood_rolling`); texts longer than the
-context are scored in windows, each conditioned on the tokens before it.
+`text_log_likelihood` applies the Monte Carlo bound (`elbo`) or the left-to-right score to whole texts (lm-eval's
+`loglikelihood_rolling`); texts longer than the context are scored in windows, each conditioned on the tokens before
+it.
 
 Differences from the reference code (`get_log_likelihood.py`, iLLaDA's `eval_illada.py`):
 
@@ -295,6 +296,66 @@ def _windows(length: int, room: int) -> list[tuple[int, int, int]]:
     return windows
 
 
+TEXT_SCORERS = ("mc", "left_to_right")  # the scorers that give log p(text) (a bound or exact): not `confidence`
+
+
+def text_log_likelihood(
+    model,
+    texts,
+    *,
+    scorer: str = "mc",
+    add_bos_token: bool = False,
+    padd_eos: bool = False,
+    mask_token_id: int | None = None,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    max_length: int | None = None,
+    **options,
+) -> torch.Tensor:
+    """log p(text) of each whole text by a scorer of `TEXT_SCORERS`, a `(N,)` float64 tensor: `"mc"` the Monte Carlo
+    ELBO (a lower bound; see `elbo`), `"left_to_right"` the exact log-probability under left-to-right decoding (one
+    forward per token, each over the whole window).
+
+    A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`); for a model with
+    shifted logits (`shift_logits`) and no BOS the first token is the prompt and the rest is scored. A longer one is
+    cut into windows: the first `max_length` tokens, then chunks of half that, each scored conditioned on the tokens
+    just before it; the sum scores the chain of those truncated-context conditionals. `options` are the scorer's own
+    (`mc`: `mc_num`, `mc_batch_size`, and `generator` (one, or a list of one per text) or `seed`).
+    """
+    if scorer not in TEXT_SCORERS:
+        raise ValueError(f"Unknown `scorer` {scorer!r} for whole texts; allowed: {list(TEXT_SCORERS)} (`confidence` "
+                         "ranks answers but is not a log-probability).")
+    texts = as_sequences(texts, "texts")
+    limit = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    bos = required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
+    # a shifted model predicts each token from the one before it: without BOS the first token only conditions
+    first = 1 if logit_shift(getattr(model, "config", None)) and bos is None else 0
+    prompts, answers, owners = [], [], []
+    for index, text in enumerate(texts):
+        if len(text) <= first:
+            raise ValueError(
+                f"`texts[{index}]` is empty: there is nothing to score." if not text else
+                f"`texts[{index}]` has one token, which this model (shifted logits: each token is predicted from the "
+                "one before it) cannot score without a token before it: pass `add_bos_token=True`."
+            )
+        room = len(text) if limit is None else limit - (bos is not None) - bool(padd_eos)
+        if room < 1 + first:
+            raise ValueError(f"`max_length` ({limit}) leaves no room for text after BOS/EOS.")
+        for context_start, start, end in _windows(len(text) - first, room - first):
+            context = text[context_start:start + first]
+            prompts.append(context if context else ([bos] if bos is not None else []))
+            answers.append(text[start + first:end + first])
+            owners.append(index)
+    if scorer == "mc":  # one generator per text, shared by its windows
+        generators = _generators(options.pop("generator", None), options.pop("seed", None), len(texts))
+        options["generator"] = [generators[owner] for owner in owners]
+    scores = log_likelihood(model, prompts, answers, scorer=scorer, add_bos_token=False, padd_eos=padd_eos,
+                            mask_token_id=mask_token_id, eos_token_id=eos_token_id, max_length=limit, **options)
+    return torch.zeros(len(texts), dtype=torch.float64, device=scores.device).index_add_(
+        0, torch.tensor(owners, device=scores.device), scores
+    )
+
+
 def elbo(
     model,
     texts,
@@ -311,47 +372,16 @@ def elbo(
     max_length: int | None = None,
 ) -> torch.Tensor:
     """Monte Carlo ELBO of each whole text, a `(N,)` float64 tensor: a lower bound on log p(text), not the exact
-    log-likelihood (a masked diffusion LM has none in closed form).
-
-    A text that fits the context is one answer with an empty prompt (or BOS with `add_bos_token`); for a model with
-    shifted logits (`shift_logits`) and no BOS the first token is the prompt and the rest is scored. A longer one is
-    cut into windows: the first `max_length` tokens, then chunks of half that, each scored conditioned on the tokens
-    just before it; the sum bounds the chain of those truncated-context conditionals. `generator` may be a list of
-    one generator per text. Other arguments are as in `monte_carlo_log_likelihood`. Memory: a forward holds
-    `windows x mc_batch_size` rows of window-length logits over the vocabulary; lower `mc_batch_size` or
-    `max_length` for long texts and large vocabularies.
+    log-likelihood (a masked diffusion LM has none in closed form). `text_log_likelihood` with `scorer="mc"`: texts
+    longer than the context are scored in windows, as it says. `generator` may be a list of one generator per text.
+    Other arguments are as in `monte_carlo_log_likelihood`. Memory: a forward holds `windows x mc_batch_size` rows of
+    window-length logits over the vocabulary; lower `mc_batch_size` or `max_length` for long texts and large
+    vocabularies.
     """
-    texts = as_sequences(texts, "texts")
-    generators = _generators(generator, seed, len(texts))
-    limit = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    bos = required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
-    # a shifted model predicts each token from the one before it: without BOS the first token only conditions
-    first = 1 if logit_shift(getattr(model, "config", None)) and bos is None else 0
-    prompts, answers, owners, window_generators = [], [], [], []
-    for index, text in enumerate(texts):
-        if len(text) <= first:
-            raise ValueError(
-                f"`texts[{index}]` is empty: there is nothing to score." if not text else
-                f"`texts[{index}]` has one token, which this model (shifted logits: each token is predicted from the "
-                "one before it) cannot score without a token before it: pass `add_bos_token=True`."
-            )
-        room = len(text) if limit is None else limit - (bos is not None) - bool(padd_eos)
-        if room < 1 + first:
-            raise ValueError(f"`max_length` ({limit}) leaves no room for text after BOS/EOS.")
-        for context_start, start, end in _windows(len(text) - first, room - first):
-            context = text[context_start:start + first]
-            prompts.append(context if context else ([bos] if bos is not None else []))
-            answers.append(text[start + first:end + first])
-            owners.append(index)
-            window_generators.append(generators[index])
-    scores = monte_carlo_log_likelihood(
-        model, prompts, answers, mc_num=mc_num, mc_batch_size=mc_batch_size, generator=window_generators,
-        add_bos_token=False, padd_eos=padd_eos, mask_token_id=mask_token_id, eos_token_id=eos_token_id,
-        max_length=limit,
-    )
-    return torch.zeros(len(texts), dtype=torch.float64, device=scores.device).index_add_(
-        0, torch.tensor(owners, device=scores.device), scores
-    )
+    return text_log_likelihood(model, texts, scorer="mc", mc_num=mc_num, mc_batch_size=mc_batch_size,
+                               generator=generator, seed=seed, add_bos_token=add_bos_token, padd_eos=padd_eos,
+                               mask_token_id=mask_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                               max_length=max_length)
 
 
 class IlladaLikelihoodMixin:
@@ -367,6 +397,11 @@ class IlladaLikelihoodMixin:
         """Monte Carlo ELBO (a lower bound on log p) of whole texts; see `likelihood.elbo`."""
         return elbo(self, texts, **kwargs)
 
+    def text_log_likelihood(self, texts, scorer: str = "mc", **kwargs) -> torch.Tensor:
+        """log p of whole texts: `scorer="mc"` (the ELBO) or `"left_to_right"` (exact under left-to-right decoding);
+        see `likelihood.text_log_likelihood`."""
+        return text_log_likelihood(self, texts, scorer=scorer, **kwargs)
+
 
 __all__ = [
     "SCORERS",
@@ -376,6 +411,8 @@ __all__ = [
     "confidence_log_likelihood",
     "left_to_right_log_likelihood",
     "elbo",
+    "text_log_likelihood",
+    "TEXT_SCORERS",
     "stratified_masks",
     "IlladaLikelihoodMixin",
 ]

@@ -8,7 +8,9 @@ Differs from lm-eval's `hf` model, which assumes a causal LM:
   `add_bos_token` options. `is_greedy` is computed only with `check_greedy=True` (LLaDA's suffix check: reveal the
   answer one most-confident token at a time and compare); otherwise it is False, as in LLaDA's harness.
 * `loglikelihood_rolling` returns the Monte Carlo ELBO of the whole text: a lower bound on log p(text), not the
-  exact log-likelihood; perplexities derived from it are upper bounds.
+  exact log-likelihood; perplexities derived from it are upper bounds. With `rolling_scorer=left_to_right` it is the
+  exact log-probability under left-to-right decoding instead (one forward per token; for models adapted from
+  causal LMs, comparable with their base's perplexity).
 * `generate_until` runs the package's diffusion `model.generate` (any `IlladaGenerationConfig` knob can be given as
   a model argument: `steps`, `block_length`, `variable_length`, `remasking`, `threshold`, `cache`, ...) with the
   task's stop sequences as `stop_strings`, then cuts the text at the first one.
@@ -51,7 +53,7 @@ from . import __version__
 from .diffusion import logit_shift
 from .generation_config import ALIASES as GENERATION_ALIASES
 from .generation_config import IlladaGenerationConfig, special_token_id
-from .likelihood import SCORERS, check_monte_carlo, elbo, log_likelihood
+from .likelihood import SCORERS, TEXT_SCORERS, check_monte_carlo, log_likelihood, text_log_likelihood
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,9 @@ class EvalSettings:
     Args:
         scorer: one of `likelihood.SCORERS` for `loglikelihood`: `"mc"` (LLaDA's Monte Carlo bound), `"confidence"`
             (iLLaDA's scorer) or `"left_to_right"` (exact under left-to-right decoding).
-        mc_num: Monte Carlo samples per request (`mc` scorer and `loglikelihood_rolling`).
+        rolling_scorer: one of `likelihood.TEXT_SCORERS` for `loglikelihood_rolling`: `"mc"` (the ELBO) or
+            `"left_to_right"`.
+        mc_num: Monte Carlo samples per request (`mc` scorers).
         mc_batch_size: samples per stratified mini-batch (upstream's `batch_size`); defaults to `min(32, mc_num)`.
         cfg_scale: classifier-free guidance scale, for scoring and generation.
         add_bos_token: prepend BOS to every context (iLLaDA's Base setup).
@@ -87,6 +91,7 @@ class EvalSettings:
     """
 
     scorer: str = "mc"
+    rolling_scorer: str = "mc"
     mc_num: int = 128
     mc_batch_size: int | None = None
     cfg_scale: float = 0.0
@@ -196,6 +201,8 @@ class IlladaEvalHarness(TemplateLM):
         parsed = EvalSettings(**settings, generation=generation)
         if parsed.scorer not in SCORERS:
             raise ValueError(f"Unknown `scorer` {parsed.scorer!r}; allowed: {sorted(SCORERS)}.")
+        if parsed.rolling_scorer not in TEXT_SCORERS:
+            raise ValueError(f"Unknown `rolling_scorer` {parsed.rolling_scorer!r}; allowed: {list(TEXT_SCORERS)}.")
         parsed.mc_batch_size = check_monte_carlo(parsed.mc_num, parsed.mc_batch_size)
         if not isinstance(parsed.cfg_scale, (int, float)) or parsed.cfg_scale < 0:
             raise ValueError(f"`cfg_scale` must be a number >= 0, got {parsed.cfg_scale!r}.")
@@ -368,7 +375,8 @@ class IlladaEvalHarness(TemplateLM):
         return filled[0, len(context):].tolist() == continuation
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        """The Monte Carlo ELBO of each whole text: a lower bound on log p(text) (see `likelihood.elbo`)."""
+        """log p of each whole text by `rolling_scorer` (see `likelihood.text_log_likelihood`): the Monte Carlo ELBO,
+        a lower bound, or the exact left-to-right score."""
         s = self.settings
         results = []
         for request in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="loglikelihood_rolling"):
@@ -379,10 +387,12 @@ class IlladaEvalHarness(TemplateLM):
                 continue
             if logit_shift(self.model.config) and not s.add_bos_token:
                 ids = [self.prefix_token_id] + ids  # as lm-eval's causal models: every token of the text is scored
-            score = elbo(self.model, [ids], mc_num=s.mc_num, mc_batch_size=s.mc_batch_size,
-                         generator=_request_generator(s.seed, ids), add_bos_token=s.add_bos_token,
-                         padd_eos=s.padd_eos, mask_token_id=self.mask_token_id, bos_token_id=self.bos_token_id,
-                         eos_token_id=self.eos_token_id, max_length=self._max_length).item()
+            options = dict(mc_num=s.mc_num, mc_batch_size=s.mc_batch_size,
+                           generator=_request_generator(s.seed, ids)) if s.rolling_scorer == "mc" else {}
+            score = text_log_likelihood(self.model, [ids], scorer=s.rolling_scorer, add_bos_token=s.add_bos_token,
+                                        padd_eos=s.padd_eos, mask_token_id=self.mask_token_id,
+                                        bos_token_id=self.bos_token_id, eos_token_id=self.eos_token_id,
+                                        max_length=self._max_length, **options).item()
             results.append(score)
             self.cache_hook.add_partial("loglikelihood_rolling", (text,), score)
         return results

@@ -20,6 +20,7 @@ from modeling_illada.likelihood import (
     log_likelihood,
     monte_carlo_log_likelihood,
     stratified_masks,
+    text_log_likelihood,
 )
 
 
@@ -266,6 +267,29 @@ def test_whole_text_elbo_is_the_empty_prompt_bound_and_windows_long_texts():
         monte_carlo_log_likelihood(flat, [], long_text, mc_num=4)
 
 
+def test_whole_text_left_to_right_is_the_pair_score_and_windows_long_texts():
+    text = list(range(5, 25))
+    model = tiny_model()
+    assert text_log_likelihood(model, [text], scorer="left_to_right").item() == pytest.approx(
+        left_to_right_log_likelihood(model, [], text).item(), abs=1e-6)
+    shifted = tiny_model(shift_logits=True)  # the first token conditions, the rest is scored
+    assert text_log_likelihood(shifted, [text], scorer="left_to_right").item() == pytest.approx(
+        left_to_right_log_likelihood(shifted, text[:1], text[1:]).item(), abs=1e-6)
+    # beyond the context: windows, exact on a context-free denoiser whose positions all predict alike
+    flat = FakeDenoiser.random(max_position_embeddings=16)
+    with torch.no_grad():
+        flat.table[:] = flat.table[0]
+    want = 40 * flat.table.detach().log_softmax(-1)[0, 30].item()
+    assert text_log_likelihood(flat, [[30] * 40], scorer="left_to_right").item() == pytest.approx(want, abs=1e-4)
+    # the ELBO is the same function's "mc"
+    torch.testing.assert_close(text_log_likelihood(model, [text, text[:7]], mc_num=8, seed=3),
+                               elbo(model, [text, text[:7]], mc_num=8, seed=3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"Unknown `scorer` 'confidence' for whole texts; allowed: \['mc', 'left_to_right'\]"):
+        text_log_likelihood(model, [text], scorer="confidence")
+    with pytest.raises(ValueError, match=r"'left_to_right' scorer does not take \['mc_num'\]"):
+        text_log_likelihood(model, [text], scorer="left_to_right", mc_num=8)
+
+
 def test_model_methods_are_the_functions():
     model = tiny_model()
     prompts, answers = PAIRS
@@ -276,6 +300,8 @@ def test_model_methods_are_the_functions():
     torch.testing.assert_close(model.log_likelihood(prompts, answers, scorer="left_to_right"),
                                left_to_right_log_likelihood(model, prompts, answers), rtol=0, atol=0)
     torch.testing.assert_close(model.elbo([[5, 6, 7]], mc_num=4, seed=0), elbo(model, [[5, 6, 7]], mc_num=4, seed=0))
+    torch.testing.assert_close(model.text_log_likelihood([[5, 6, 7]], scorer="left_to_right"),
+                               text_log_likelihood(model, [[5, 6, 7]], scorer="left_to_right"), rtol=0, atol=0)
 
 
 def test_saved_folder_carries_the_likelihood_file(tmp_path):

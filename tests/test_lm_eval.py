@@ -22,7 +22,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 import illada_cli as cli  # noqa: E402
-from modeling_illada.likelihood import SCORERS, monte_carlo_log_likelihood  # noqa: E402
+from modeling_illada.likelihood import SCORERS, monte_carlo_log_likelihood, text_log_likelihood  # noqa: E402
 from modeling_illada.lm_eval_model import IlladaEvalHarness  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,6 +72,7 @@ def test_shipped_tasks_run_end_to_end_and_record_the_settings(task_manager):
     recorded = results["config"]["illada"]
     assert (recorded["scorer"], recorded["mc_num"], recorded["mc_batch_size"], recorded["cfg_scale"], recorded["seed"]) == (
         "mc", 8, 8, 0.5, 7)
+    assert recorded["rolling_scorer"] == "mc"
     assert (recorded["generation"]["steps"], recorded["generation"]["block_length"]) == (4, 2)
     assert recorded["generation"]["cfg_scale"] == 0.5 and recorded["mask_token_id"] == 3
     json.dumps(results["config"])  # lm-eval writes it as JSON
@@ -112,6 +113,17 @@ def test_loglikelihood_is_the_library_scorer_on_the_same_tokens(scorer):
     lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, mc_num=4, seed=3)
     one_token = lm.loglikelihood([requests[0]])[0][0]  # one token: exact whatever the seed
     assert one_token == pytest.approx(monte_carlo_log_likelihood(model, ids("the sky is"), ids("blue"), mc_num=4).item())
+
+
+def test_rolling_scorer_left_to_right_is_the_library_text_score():
+    model, tokenizer = tiny_model(shift_logits=True), tiny_tokenizer()
+    requests = [Instance("loglikelihood_rolling", {}, ("the sky is blue",), 0)]
+    lm = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, rolling_scorer="left_to_right")
+    ids = [lm.prefix_token_id] + tokenizer("the sky is blue", add_special_tokens=False).input_ids
+    want = text_log_likelihood(model, [ids], scorer="left_to_right").item()
+    assert lm.loglikelihood_rolling(requests) == [pytest.approx(want, abs=1e-6)]
+    default = IlladaEvalHarness(pretrained=model, tokenizer=tokenizer, mc_num=8).loglikelihood_rolling(requests)
+    assert default != [pytest.approx(want, abs=1e-3)]  # the ELBO, a lower bound, is another figure
 
 
 def test_check_greedy_compares_the_greedy_fill_with_the_continuation():
@@ -223,6 +235,7 @@ def test_python_dash_m_runs_lm_evals_own_cli(model_dir, tmp_path):
     "settings, match",
     [
         (dict(scorer="likelihood"), r"Unknown `scorer` 'likelihood'; allowed: \['confidence', 'left_to_right', 'mc'\]"),
+        (dict(rolling_scorer="confidence"), r"Unknown `rolling_scorer` 'confidence'; allowed: \['mc', 'left_to_right'\]"),
         (dict(mc_num=100, mc_batch_size=32), r"`mc_num` \(100\) must be a multiple of `mc_batch_size` \(32\)"),
         (dict(num_beams=4), r"Unknown `illada` model arguments \['num_beams'\]"),
         (dict(output_history=True), r"Unknown `illada` model arguments \['output_history'\]"),
