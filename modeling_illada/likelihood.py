@@ -330,8 +330,15 @@ def text_log_likelihood(
     bos = required_id(model, "bos_token_id", bos_token_id, "`add_bos_token=True`") if add_bos_token else None
     # a shifted model predicts each token from the one before it: without BOS the first token only conditions
     first = 1 if logit_shift(getattr(model, "config", None)) and bos is None else 0
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    mask_id = required_id(model, "mask_token_id", mask_token_id, "Scoring")
     prompts, answers, owners = [], [], []
-    for index, text in enumerate(texts):
+    for index, text in enumerate(texts):  # checked here, so that errors name the text rather than a window of it
+        if vocab is not None and any(not 0 <= t < vocab for t in text):
+            raise ValueError(f"`texts[{index}]` holds ids outside the vocabulary [0, {vocab}).")
+        if mask_id in text:
+            raise ValueError(f"`texts[{index}]` holds the mask token (id {mask_id}) at position {text.index(mask_id)}: "
+                             "it would be scored as a masked position. Score text without mask tokens.")
         if len(text) <= first:
             raise ValueError(
                 f"`texts[{index}]` is empty: there is nothing to score." if not text else

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from helpers import MASK, FakeDenoiser, tiny_config, tiny_model
-from modeling_illada.likelihood import SCORERS, confidence_log_likelihood, elbo, monte_carlo_log_likelihood
+from modeling_illada.likelihood import (SCORERS, confidence_log_likelihood, elbo, monte_carlo_log_likelihood,
+                                        text_log_likelihood)
 
 
 # --- likelihood: what fits each alone is scored, whatever shares its batch ------------------------------------------
@@ -51,6 +52,18 @@ def test_likelihood_refuses_what_it_would_score_wrongly(prompts, answers, messag
     for scorer in SCORERS.values():
         with pytest.raises(ValueError, match=message):
             scorer(model, prompts, answers)
+
+
+@pytest.mark.parametrize("texts, message", [
+    ([[5, 99]], r"`texts\[0\]` holds ids outside the vocabulary \[0, 64\)"),
+    ([[5, 6], [7, MASK, 8]], r"`texts\[1\]` holds the mask token \(id 3\) at position 1"),
+    ([[5], []], r"`texts\[1\]` is empty"),
+])
+def test_whole_text_scores_name_the_bad_text(texts, message):
+    model = tiny_model(max_position_embeddings=8)  # long texts are windowed: an error must still name the text
+    for scorer, options in (("mc", dict(mc_num=4)), ("left_to_right", {})):
+        with pytest.raises(ValueError, match=message):
+            text_log_likelihood(model, [t * 5 if len(t) > 1 else t for t in texts], scorer=scorer, **options)
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), -0.5, True])
