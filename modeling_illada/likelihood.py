@@ -1,7 +1,8 @@
 """Log-likelihood of an answer given a prompt under a masked diffusion LM: LLaDA's Monte Carlo bound, iLLaDA's
 confidence scorer and the exact left-to-right score.
 
-A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two estimators are used upstream, and this package adds a third:
+A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two estimators are used upstream,
+and this package adds a third:
 
 * `monte_carlo` (LLaDA's `get_log_likelihood`): a Monte Carlo estimate of the ELBO, a lower bound on
   log p(answer | prompt). Each sample masks exactly `l` of the `L` answer tokens (the prompt is never masked), sums
@@ -15,9 +16,9 @@ A masked diffusion LM has no chain rule to read log p(answer | prompt) from. Two
   is chosen with the true tokens, so this is a score for ranking answers, not a log-probability.
 * `left_to_right` (this package's): the same loop revealing the answer in reading order, whatever the model
   predicts. That is the exact log-probability of the answer under the sampler that decodes one token per step left
-  to right with the rest masked (`block_length=1`, temperature 1, no cache, no logits shaping): a normalised
-  distribution over answers of each length, whose scores sum to 1 over every answer of a length (not a bound). For a
-  model adapted from an autoregressive one it is the order that model knows best.
+  to right with the rest masked (`block_length=1`, temperature 1, no cache, no logits shaping): not a bound but a
+  normalised distribution, whose probabilities sum to 1 over every answer of a length (the mask token counting as
+  a token the head may predict). For a model adapted from an autoregressive one it is the order it knows best.
 
 `text_log_likelihood` applies the Monte Carlo bound (`elbo`) or the left-to-right score to whole texts (lm-eval's
 `loglikelihood_rolling`); texts longer than the context are scored in windows, each conditioned on the tokens before
