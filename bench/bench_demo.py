@@ -296,7 +296,8 @@ def heldout(model, tokenizer, base, args, report):
     report["heldout"] = {}
     for key, (elbo, nll, ordered, tokens, count) in sorted(totals.items(), key=lambda item: item[0] != "all"):
         figures = {"texts": count, "tokens": tokens, "diffusion_elbo_nll": elbo / tokens, "ar_nll": nll / tokens,
-                   "ratio": elbo / nll, "diffusion_left_to_right_nll": ordered / tokens, "left_to_right_ratio": ordered / nll}
+                   "ratio": elbo / nll, "diffusion_left_to_right_nll": ordered / tokens,
+                   "left_to_right_ratio": ordered / nll}
         if key == "all":
             report["heldout"].update(figures)
         else:
@@ -486,7 +487,8 @@ def plot(report, path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny random models: a smoke run of the same code")
-    parser.add_argument("--sections", nargs="+", default=["quality", "sampling"], choices=["quality", "heldout", "sampling"],
+    parser.add_argument("--sections", nargs="+", default=["quality", "sampling"],
+                        choices=["quality", "heldout", "sampling"],
                         help="quality: held-out likelihoods, open prompts and questions; heldout: the first of those only")
     parser.add_argument("--lengths", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--modes", nargs="+", default=[mode.id for mode in MODES], choices=[mode.id for mode in MODES],

@@ -107,16 +107,11 @@ class IlladaLinear(nn.Linear):
             return nn.functional.linear(x, self.weight, self.bias)
         key = (self.out_features, self.in_features, rows)
         choice = self.kernels.get(key) if self.autotune else True
+        if choice is None and not torch.compiler.is_compiling():  # first call with this shape: time both kernels
+            choice = self.kernels[key] = self.transposed_is_faster(self.weight, x.reshape(rows, -1))
         if choice is False:
             return nn.functional.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, -1)  # (rows, in_features)
-        if choice is None and torch.compiler.is_compiling():  # no timing inside a trace
-            choice = True
-        elif choice is None:
-            choice = self.kernels[key] = self.transposed_is_faster(self.weight, flat)
-            if not choice:
-                return nn.functional.linear(x, self.weight, self.bias)
-        out = self.transposed(self.weight, flat)  # (rows, out_features)
+        out = self.transposed(self.weight, x.reshape(rows, -1))  # (rows, out_features); untimed in a trace
         if self.bias is not None:
             out = out + self.bias
         return out.view(*x.shape[:-1], self.out_features)
